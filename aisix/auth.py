@@ -1,0 +1,113 @@
+"""API keys: how they are made, hashed, compared and cached.
+
+Keys are 32 random bytes, so a single SHA-256 is the right hash (a slow
+password hash buys nothing against a 256-bit secret and would cost every
+request). Only the hash is stored; it is also the table's key, so a lookup
+never needs the plain key. The stored hash is compared with the computed
+one in constant time all the same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from typing import TYPE_CHECKING, Awaitable, Callable
+
+from .errors import GatewayError
+from .store import KeyRecord
+
+if TYPE_CHECKING:
+    from .store import Store
+
+KEY_PREFIX = "sk-aisix-"
+
+
+def new_secret() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_key(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def key_id_for(key_hash: str) -> str:
+    """The public name of a key in lists, logs and counters: not enough to guess it."""
+    return "key_" + key_hash[:12]
+
+
+def bearer_token(authorization: str | None) -> str:
+    if not authorization:
+        raise invalid_key("Missing API key. Send it as 'Authorization: Bearer <key>'.")
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise invalid_key("Malformed Authorization header. Use 'Authorization: Bearer <key>'.")
+    return token
+
+
+def invalid_key(message: str = "Incorrect API key provided.") -> GatewayError:
+    return GatewayError(401, message, type="invalid_request_error", code="invalid_api_key")
+
+
+class KeyCache:
+    """Resolves a presented key to its record, remembering answers for ``ttl`` seconds.
+
+    Unknown keys are remembered too, so a flood of bad keys costs DynamoDB
+    one read per key per ``ttl``. A revoked or disabled key is refused within
+    ``ttl`` seconds on every instance.
+    """
+
+    def __init__(
+        self, lookup: Callable[[str], Awaitable[KeyRecord | None]], ttl: float, max_entries: int = 10_000
+    ) -> None:
+        self._lookup = lookup
+        self._ttl = ttl
+        self._max_entries = max_entries
+        self._entries: dict[str, tuple[float, KeyRecord | None]] = {}
+
+    async def authenticate(self, secret: str) -> KeyRecord:
+        key_hash = hash_key(secret)
+        now = time.monotonic()
+        entry = self._entries.get(key_hash)
+        if entry is not None and entry[0] > now:
+            record = entry[1]
+        else:
+            record = await self._lookup(key_hash)
+            if len(self._entries) >= self._max_entries:
+                self._entries.clear()
+            self._entries[key_hash] = (now + self._ttl, record)
+        if record is None or not hmac.compare_digest(record.key_hash, key_hash):
+            raise invalid_key()
+        if not record.enabled:
+            raise invalid_key("This API key has been revoked.")
+        return record
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+def issue_key(
+    store: "Store",
+    name: str,
+    models: frozenset[str] | None = None,
+    rpm: int | None = None,
+    tpm: int | None = None,
+    secret: str | None = None,
+) -> tuple[str, KeyRecord]:
+    """Create a key; the secret is returned once and only its hash is stored."""
+    secret = secret or new_secret()
+    key_hash = hash_key(secret)
+    record = KeyRecord(
+        key_id=key_id_for(key_hash),
+        key_hash=key_hash,
+        name=name,
+        models=models,
+        rpm=rpm,
+        tpm=tpm,
+        enabled=True,
+        created_at=int(time.time()),
+    )
+    store.put_key(record)
+    return secret, record

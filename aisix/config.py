@@ -1,0 +1,198 @@
+"""Configuration, read and validated once at start.
+
+Two sources, each for what it is good at:
+
+* the models file (YAML, path in ``AISIX_CONFIG``): model aliases and user hooks;
+* the environment: where the tables are, limits, time-outs.
+
+String values in the models file may name environment variables as
+``${NAME}`` or ``${NAME:-default}``, so one file serves every stage.
+Upstream keys are never written in the file: a model names the variable
+that holds its key (``api_key_env``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+PROVIDERS = ("openai",)  # OpenAI-compatible /chat/completions upstreams
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message says which key and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    """One alias a client may ask for, and where its calls go."""
+
+    name: str
+    provider: str
+    model: str
+    base_url: str
+    timeout: float
+    api_key_env: str | None = None
+    created: int = 0
+    owned_by: str = "aisix"
+    api_key: str | None = field(default=None, repr=False)
+
+    @property
+    def chat_url(self) -> str:
+        return self.base_url.rstrip("/") + "/chat/completions"
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    models: Mapping[str, ModelConfig]
+    hooks: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Deployment settings from the environment (see README, "Settings")."""
+
+    config_path: str = "models.yaml"
+    keys_table: str = "aisix-keys"
+    counters_table: str = "aisix-counters"
+    dynamodb_endpoint: str | None = None
+    region: str = "us-east-1"
+    key_cache_seconds: float = 10.0
+    max_body_bytes: int = 4 * 1024 * 1024
+    keepalive_seconds: float = 10.0
+    upstream_max_connections: int = 1000
+    upstream_transport: str = "aiohttp"
+    rate_limit_on_store_error: str = "closed"
+    deadline_margin_seconds: float = 2.0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> "Settings":
+        def get(name: str, default: Any, cast: Any = str) -> Any:
+            raw = environ.get(name)
+            if raw is None or raw == "":
+                return default
+            try:
+                return cast(raw)
+            except ValueError:
+                raise ConfigError(f"{name}={raw!r} is not a valid {cast.__name__}") from None
+
+        d = cls()
+        settings = cls(
+            config_path=get("AISIX_CONFIG", d.config_path),
+            keys_table=get("AISIX_KEYS_TABLE", d.keys_table),
+            counters_table=get("AISIX_COUNTERS_TABLE", d.counters_table),
+            dynamodb_endpoint=get("AISIX_DYNAMODB_ENDPOINT", None),
+            region=get("AWS_REGION", get("AWS_DEFAULT_REGION", d.region)),
+            key_cache_seconds=get("AISIX_KEY_CACHE_SECONDS", d.key_cache_seconds, float),
+            max_body_bytes=get("AISIX_MAX_BODY_BYTES", d.max_body_bytes, int),
+            keepalive_seconds=get("AISIX_KEEPALIVE_SECONDS", d.keepalive_seconds, float),
+            upstream_max_connections=get(
+                "AISIX_UPSTREAM_MAX_CONNECTIONS", d.upstream_max_connections, int
+            ),
+            upstream_transport=get("AISIX_UPSTREAM_TRANSPORT", d.upstream_transport),
+            rate_limit_on_store_error=get(
+                "AISIX_RATE_LIMIT_ON_STORE_ERROR", d.rate_limit_on_store_error
+            ),
+            deadline_margin_seconds=get(
+                "AISIX_DEADLINE_MARGIN_SECONDS", d.deadline_margin_seconds, float
+            ),
+        )
+        if settings.upstream_transport not in ("aiohttp", "httpx"):
+            raise ConfigError("AISIX_UPSTREAM_TRANSPORT must be 'aiohttp' or 'httpx'")
+        if settings.rate_limit_on_store_error not in ("closed", "open"):
+            raise ConfigError("AISIX_RATE_LIMIT_ON_STORE_ERROR must be 'closed' or 'open'")
+        if settings.max_body_bytes <= 0 or settings.keepalive_seconds <= 0:
+            raise ConfigError("AISIX_MAX_BODY_BYTES and AISIX_KEEPALIVE_SECONDS must be positive")
+        return settings
+
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _expand(value: Any, environ: Mapping[str, str]) -> Any:
+    if isinstance(value, str):
+
+        def sub(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            resolved = environ.get(name) or default
+            if resolved is None:
+                raise ConfigError(f"environment variable {name} is not set and has no default")
+            return resolved
+
+        return _ENV_REF.sub(sub, value)
+    if isinstance(value, list):
+        return [_expand(v, environ) for v in value]
+    if isinstance(value, dict):
+        return {k: _expand(v, environ) for k, v in value.items()}
+    return value
+
+
+def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] = os.environ) -> GatewayConfig:
+    """Read and validate the models file; every problem is reported with its place."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read models file {str(path)!r}: {exc.strerror}") from None
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return parse_config(raw, environ, default_created=int(Path(path).stat().st_mtime))
+
+
+def parse_config(
+    raw: Any, environ: Mapping[str, str] = os.environ, default_created: int = 0
+) -> GatewayConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError("the models file must be a mapping with a 'models' list")
+    raw = _expand(raw, environ)
+    entries = raw.get("models")
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError("'models' must be a non-empty list")
+    models: dict[str, ModelConfig] = {}
+    for index, entry in enumerate(entries):
+        where = f"models[{index}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where} must be a mapping")
+        unknown = set(entry) - {
+            "name", "provider", "model", "base_url", "api_key_env", "timeout", "created", "owned_by"
+        }
+        if unknown:
+            raise ConfigError(f"{where}: unknown keys {sorted(unknown)}")
+        for required in ("name", "model", "base_url"):
+            if not isinstance(entry.get(required), str) or not entry[required]:
+                raise ConfigError(f"{where}.{required} is required and must be a string")
+        name = entry["name"]
+        if name in models:
+            raise ConfigError(f"{where}: duplicate model name {name!r}")
+        provider = entry.get("provider", "openai")
+        if provider not in PROVIDERS:
+            raise ConfigError(f"{where}.provider {provider!r} is not one of {list(PROVIDERS)}")
+        timeout = entry.get("timeout", 60)
+        if not isinstance(timeout, (int, float)) or timeout <= 0:
+            raise ConfigError(f"{where}.timeout must be a positive number of seconds")
+        api_key_env = entry.get("api_key_env")
+        if api_key_env is not None and not isinstance(api_key_env, str):
+            raise ConfigError(f"{where}.api_key_env must name an environment variable")
+        if not entry["base_url"].startswith(("http://", "https://")):
+            raise ConfigError(f"{where}.base_url must be an http(s) URL")
+        models[name] = ModelConfig(
+            name=name,
+            provider=provider,
+            model=entry["model"],
+            base_url=entry["base_url"],
+            timeout=float(timeout),
+            api_key_env=api_key_env,
+            created=int(entry.get("created", default_created)),
+            owned_by=str(entry.get("owned_by", "aisix")),
+            api_key=environ.get(api_key_env) if api_key_env else None,
+        )
+    hooks = raw.get("hooks") or []
+    if not isinstance(hooks, list) or not all(isinstance(h, str) and ":" in h for h in hooks):
+        raise ConfigError("'hooks' must be a list of import paths like 'package.module:HookClass'")
+    return GatewayConfig(models=models, hooks=tuple(hooks))

@@ -1,0 +1,117 @@
+"""The hook interface and the pipeline that runs it around every call.
+
+A hook is a class with up to three methods, each optional:
+
+``async pre_call(call)``
+    Runs in order before the upstream call. Raise `aisix.errors.GatewayError`
+    to refuse the call; add to ``call.response_headers`` to answer with more
+    headers.
+``on_chunk(call, data)``
+    Streaming only: runs for each event relayed to the client, with the
+    event's ``data`` text as the upstream sent it. Synchronous and on the hot
+    path: keep it to a few microseconds.
+``async post_call(call)``
+    Runs once after the call, streamed or not, whether it succeeded, failed
+    or was cut off by the client: ``call.usage`` holds the tokens used (real
+    or, with ``call.usage_estimated``, estimated), ``call.error`` the failure
+    if any. Exceptions here are logged, never sent to the client.
+
+The pipeline notes once, at start, which hooks define which method, so a
+hook that has no ``on_chunk`` costs nothing per chunk.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterable
+
+if TYPE_CHECKING:
+    from ..config import ModelConfig
+    from ..errors import GatewayError
+    from ..store import KeyRecord
+
+log = logging.getLogger("aisix.hooks")
+
+
+@dataclass(frozen=True, slots=True)
+class TokenUsage:
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+@dataclass(slots=True, eq=False)
+class Call:
+    """Everything hooks may know about one chat completion call."""
+
+    key: "KeyRecord"
+    model_name: str
+    body: dict[str, Any]
+    stream: bool
+    model: "ModelConfig | None" = None
+    response_headers: dict[str, str] = field(default_factory=dict)
+    state: dict[str, Any] = field(default_factory=dict)
+    usage: TokenUsage | None = None
+    usage_estimated: bool = False
+    error: "GatewayError | None" = None
+    status: int = 0
+    response_body: bytes | None = None
+    started: float = field(default_factory=time.perf_counter)
+
+
+class Hook:
+    """Base class for hooks; override only what you need."""
+
+    async def pre_call(self, call: Call) -> None:
+        pass
+
+    def on_chunk(self, call: Call, data: str) -> None:
+        pass
+
+    async def post_call(self, call: Call) -> None:
+        pass
+
+
+class Pipeline:
+    """Runs hooks in order; knows which hooks take part in which phase."""
+
+    def __init__(self, hooks: Iterable[Hook]) -> None:
+        self.hooks = tuple(hooks)
+        self._pre = tuple(h for h in self.hooks if _overrides(h, "pre_call"))
+        self.chunk_hooks = tuple(h for h in self.hooks if _overrides(h, "on_chunk"))
+        self._post = tuple(h for h in self.hooks if _overrides(h, "post_call"))
+
+    async def pre_call(self, call: Call) -> None:
+        for hook in self._pre:
+            await hook.pre_call(call)
+
+    def on_chunk(self, call: Call, data: str) -> None:
+        for hook in self.chunk_hooks:
+            hook.on_chunk(call, data)
+
+    async def post_call(self, call: Call) -> None:
+        for hook in self._post:
+            try:
+                await hook.post_call(call)
+            except Exception:
+                log.exception("post_call hook %s failed", type(hook).__name__)
+
+
+def _overrides(hook: Hook, method: str) -> bool:
+    return getattr(type(hook), method, None) is not getattr(Hook, method)
+
+
+def load_hook(path: str) -> Hook:
+    """Instantiate a hook from ``package.module:ClassName`` (called with no arguments)."""
+    module_name, _, attr = path.partition(":")
+    try:
+        target = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"cannot load hook {path!r}: {exc}") from exc
+    hook = target() if callable(target) else target
+    if not isinstance(hook, Hook):
+        raise ValueError(f"hook {path!r} must subclass aisix.hooks.Hook")
+    return hook

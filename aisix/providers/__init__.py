@@ -1,0 +1,10 @@
+"""Upstream providers: how a chat completion call becomes an upstream HTTP request.
+
+One module per provider family. Today every upstream speaks OpenAI's
+``/chat/completions`` (OpenAI, DeepSeek, vLLM, Ollama, llama.cpp, ...).
+"""
+
+from .client import make_upstream_client
+from .openai import OpenAIProvider
+
+__all__ = ["OpenAIProvider", "make_upstream_client"]

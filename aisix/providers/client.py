@@ -1,0 +1,25 @@
+"""The one pooled upstream client, shared by every call in the process."""
+
+from __future__ import annotations
+
+import httpx
+
+
+def make_upstream_client(transport: str = "aiohttp", max_connections: int = 1000) -> httpx.AsyncClient:
+    """An ``httpx.AsyncClient``; with ``transport="aiohttp"`` over aiohttp's connection pool.
+
+    httpx's own transport (httpcore + anyio + h11) spends most of a relay's
+    CPU (see README, "Performance"); httpx-aiohttp keeps httpx's API and
+    errors over aiohttp's faster I/O. On Lambda, where one instance serves one
+    call at a time and aiohttp's import would cost ~150 ms of every cold start,
+    plain httpx is the better trade (``AISIX_UPSTREAM_TRANSPORT=httpx``).
+
+    ``max_connections`` caps concurrent upstream calls; a call beyond it waits
+    for a free connection (bounded by its model's time-out).
+    """
+    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=20)
+    if transport == "aiohttp":
+        from httpx_aiohttp import AiohttpTransport
+
+        return httpx.AsyncClient(transport=AiohttpTransport(limits=limits), trust_env=False)
+    return httpx.AsyncClient(limits=limits, trust_env=False)
