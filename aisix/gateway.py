@@ -20,7 +20,7 @@ from .auth import KeyCache, bearer_token
 from .config import GatewayConfig, Settings, load_config
 from .errors import GatewayError, service_unavailable, upstream_error, upstream_timeout
 from .hooks import Call, Hook, Pipeline, RateLimitHook, ValidateModelHook, load_hook
-from .providers import OpenAIProvider, make_upstream_client
+from .providers import OpenAIProvider, is_timeout, make_upstream_client
 from .store import AsyncStore, KeyRecord, Store, StoreUnavailable, make_client
 from .usage import completion_chars, estimate_prompt_tokens, estimate_tokens, usage_from_dict
 from .hooks.base import TokenUsage
@@ -103,9 +103,9 @@ class Gateway:
         request = provider.build_request(self.client, call.body, stream, with_usage)
         try:
             return await self.client.send(request, stream=True)
-        except httpx.TimeoutException:
-            raise upstream_timeout(f"The upstream for '{call.model_name}' did not answer in time.") from None
         except httpx.HTTPError as exc:
+            if is_timeout(exc):
+                raise upstream_timeout(f"The upstream for '{call.model_name}' did not answer in time.") from None
             raise upstream_error(
                 f"The upstream for '{call.model_name}' could not be reached ({type(exc).__name__})."
             ) from None
@@ -115,9 +115,9 @@ class Gateway:
         response = await self.open_upstream(call, stream=False)
         try:
             body = await response.aread()
-        except httpx.TimeoutException:
-            raise upstream_timeout("The upstream did not finish its answer in time.") from None
         except httpx.HTTPError as exc:
+            if is_timeout(exc):
+                raise upstream_timeout("The upstream did not finish its answer in time.") from None
             raise upstream_error(f"The upstream answer was cut off ({type(exc).__name__}).") from None
         finally:
             await response.aclose()

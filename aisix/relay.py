@@ -26,6 +26,7 @@ import httpx
 from httpx_sse import EventSource, SSEError
 
 from .errors import GatewayError, upstream_error, upstream_timeout
+from .providers import is_timeout
 from .usage import (
     chunk_has_usage,
     content_chars,
@@ -122,13 +123,15 @@ class StreamRelay:
                     self.completion_chars += content_chars(data)
                 if chunk_hooks:
                     gateway.pipeline.on_chunk(call, data)
+                if "\n" in data:  # multi-line data keeps one "data:" field per line
+                    data = data.replace("\n", "\ndata: ")
                 await send(
                     {"type": "http.response.body", "body": b"data: " + data.encode() + b"\n\n", "more_body": True}
                 )
                 self.last_write = time.monotonic()
-        except httpx.TimeoutException:
-            raise upstream_timeout("The upstream stopped sending before the answer was complete.") from None
         except (httpx.HTTPError, SSEError) as exc:
+            if is_timeout(exc):
+                raise upstream_timeout("The upstream stopped sending before the answer was complete.") from None
             raise upstream_error(f"The upstream stream failed: {type(exc).__name__}.") from None
         finally:
             await response.aclose()

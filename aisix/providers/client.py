@@ -23,3 +23,16 @@ def make_upstream_client(transport: str = "aiohttp", max_connections: int = 1000
 
         return httpx.AsyncClient(transport=AiohttpTransport(limits=limits), trust_env=False)
     return httpx.AsyncClient(limits=limits, trust_env=False)
+
+
+def is_timeout(exc: Exception) -> bool:
+    """Whether an upstream failure was a time-out (504) rather than a broken connection (502).
+
+    httpx-aiohttp 0.2 maps every ``aiohttp.ClientConnectionError`` (refused
+    connections and server disconnects included) to ``httpx.ConnectTimeout``;
+    the aiohttp exception it chains tells the truth.
+    """
+    if not isinstance(exc, httpx.TimeoutException):
+        return False
+    cause = exc.__cause__
+    return cause is None or isinstance(cause, TimeoutError)

@@ -1,0 +1,87 @@
+"""The hook pipeline: user hooks from the config, order, phases, failure isolation."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+import example_hooks
+from aisix.hooks import Call, Hook, Pipeline, load_hook
+from aisix.store import KeyRecord
+from conftest import CHAT, eventually, models_config
+
+
+def test_a_user_hook_from_the_config_runs_for_streamed_and_plain_calls(start_gateway, upstream):
+    config = models_config(upstream.base_url, hooks=["example_hooks:BlockWordHook"])
+    gw = start_gateway(config=config, hooks=None)
+    example_hooks.SEEN.clear()
+    with gw.client(gw.key()) as client:
+        plain = client.post("/v1/chat/completions", json=CHAT)
+        streamed = client.post("/v1/chat/completions", json={**CHAT, "stream": True})
+        blocked = client.post(
+            "/v1/chat/completions", json={**CHAT, "messages": [{"role": "user", "content": "a forbidden word"}]}
+        )
+    assert plain.headers["x-example-hook"] == streamed.headers["x-example-hook"] == "seen"
+    assert blocked.status_code == 400
+    assert blocked.json()["error"] == {
+        "message": "This prompt is not allowed here.", "type": "invalid_request_error", "param": "messages",
+        "code": "blocked",
+    }
+    seen = eventually(lambda: len(example_hooks.SEEN) == 2 and example_hooks.SEEN)
+    assert [(s["stream"], s["status"]) for s in seen] == [(False, 200), (True, 200)]
+    assert all(s["usage"].total_tokens > 0 for s in seen)
+
+
+def test_builtin_hooks_run_before_user_hooks(start_gateway):
+    """An unknown model is refused by ValidateModelHook before a user hook could see it."""
+    calls = []
+
+    class Spy(Hook):
+        async def pre_call(self, call):
+            calls.append(call.model.name)
+
+    gw = start_gateway(hooks=[Spy()])
+    with gw.client(gw.key()) as client:
+        assert client.post("/v1/chat/completions", json={**CHAT, "model": "nope"}).status_code == 404
+        assert client.post("/v1/chat/completions", json=CHAT).status_code == 200
+    assert calls == ["my-gpt4-mini"]
+
+
+def test_model_allow_list_cannot_be_bypassed_by_casing(start_gateway):
+    gw = start_gateway()
+    with gw.client(gw.key(models={"other-model"})) as client:
+        for alias in ("my-gpt4-mini", "MY-GPT4-MINI", "My-Gpt4-Mini ", "gpt-4o-mini"):
+            assert client.post("/v1/chat/completions", json={**CHAT, "model": alias}).status_code in (403, 404)
+
+
+def test_pipeline_skips_hooks_without_a_phase_and_isolates_post_call_failures(caplog):
+    order = []
+
+    class First(Hook):
+        async def pre_call(self, call):
+            order.append("first")
+
+    class Broken(Hook):
+        async def post_call(self, call):
+            raise RuntimeError("boom")
+
+    class Last(Hook):
+        async def post_call(self, call):
+            order.append("last")
+
+    pipeline = Pipeline([First(), Broken(), Last()])
+    assert pipeline.chunk_hooks == ()
+    call = Call(key=KeyRecord("k", "h", "n", None, None, None), model_name="m", body={}, stream=False)
+    asyncio.run(pipeline.pre_call(call))
+    asyncio.run(pipeline.post_call(call))
+    assert order == ["first", "last"]
+    assert "Broken" in caplog.text
+
+
+def test_load_hook_reports_bad_paths():
+    assert type(load_hook("example_hooks:BlockWordHook")).__name__ == "BlockWordHook"
+    with pytest.raises(ValueError, match="cannot load hook"):
+        load_hook("example_hooks:Missing")
+    with pytest.raises(ValueError, match="must subclass"):
+        load_hook("example_hooks:SEEN")
