@@ -9,6 +9,7 @@ one in constant time all the same.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import secrets
@@ -56,7 +57,8 @@ class KeyCache:
 
     Unknown keys are remembered too, so a flood of bad keys costs DynamoDB
     one read per key per ``ttl``. A revoked or disabled key is refused within
-    ``ttl`` seconds on every instance.
+    ``ttl`` seconds on every instance. Concurrent misses for one key share a
+    single lookup, so a burst on a cold cache costs one DynamoDB read.
     """
 
     def __init__(
@@ -66,6 +68,7 @@ class KeyCache:
         self._ttl = ttl
         self._max_entries = max_entries
         self._entries: dict[str, tuple[float, KeyRecord | None]] = {}
+        self._inflight: dict[str, asyncio.Future[KeyRecord | None]] = {}
 
     async def authenticate(self, secret: str) -> KeyRecord:
         key_hash = hash_key(secret)
@@ -74,14 +77,26 @@ class KeyCache:
         if entry is not None and entry[0] > now:
             record = entry[1]
         else:
-            record = await self._lookup(key_hash)
-            if len(self._entries) >= self._max_entries:
-                self._entries.clear()
-            self._entries[key_hash] = (now + self._ttl, record)
+            record = await self._resolve(key_hash)
         if record is None or not hmac.compare_digest(record.key_hash, key_hash):
             raise invalid_key()
         if not record.enabled:
             raise invalid_key("This API key has been revoked.")
+        return record
+
+    async def _resolve(self, key_hash: str) -> KeyRecord | None:
+        lookup = self._inflight.get(key_hash)
+        if lookup is None:
+            lookup = self._inflight[key_hash] = asyncio.ensure_future(self._fetch(key_hash))
+            lookup.add_done_callback(lambda _: self._inflight.pop(key_hash, None))
+        # Shielded: one waiter giving up must not cancel the lookup the others share.
+        return await asyncio.shield(lookup)
+
+    async def _fetch(self, key_hash: str) -> KeyRecord | None:
+        record = await self._lookup(key_hash)
+        if len(self._entries) >= self._max_entries:
+            self._entries.clear()
+        self._entries[key_hash] = (time.monotonic() + self._ttl, record)
         return record
 
     def clear(self) -> None:

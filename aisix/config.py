@@ -69,6 +69,7 @@ class Settings:
     upstream_transport: str = "aiohttp"
     rate_limit_on_store_error: str = "closed"
     deadline_margin_seconds: float = 2.0
+    token_flush_seconds: float = 1.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> "Settings":
@@ -101,6 +102,7 @@ class Settings:
             deadline_margin_seconds=get(
                 "AISIX_DEADLINE_MARGIN_SECONDS", d.deadline_margin_seconds, float
             ),
+            token_flush_seconds=get("AISIX_TOKEN_FLUSH_SECONDS", d.token_flush_seconds, float),
         )
         if settings.upstream_transport not in ("aiohttp", "httpx"):
             raise ConfigError("AISIX_UPSTREAM_TRANSPORT must be 'aiohttp' or 'httpx'")

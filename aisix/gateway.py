@@ -20,6 +20,7 @@ from .auth import KeyCache, bearer_token
 from .config import GatewayConfig, Settings, load_config
 from .errors import GatewayError, service_unavailable, upstream_error, upstream_timeout
 from .hooks import Call, Hook, Pipeline, RateLimitHook, ValidateModelHook, load_hook
+from .quota import Quota
 from .providers import OpenAIProvider, is_timeout, make_upstream_client
 from .store import AsyncStore, KeyRecord, Store, StoreUnavailable, make_client
 from .usage import completion_chars, estimate_prompt_tokens, estimate_tokens, usage_from_dict
@@ -47,7 +48,10 @@ class Gateway:
         self.keys = KeyCache(store.get_key, settings.key_cache_seconds)
         builtin: list[Hook] = [
             ValidateModelHook(config.models),
-            RateLimitHook(store, fail_open=settings.rate_limit_on_store_error == "open"),
+            RateLimitHook(
+                Quota(store, settings.token_flush_seconds),
+                fail_open=settings.rate_limit_on_store_error == "open",
+            ),
         ]
         user_hooks = hooks if hooks is not None else [load_hook(path) for path in config.hooks]
         self.pipeline = Pipeline(builtin + user_hooks)
@@ -61,6 +65,7 @@ class Gateway:
         return cls(settings, config, AsyncStore(store))
 
     async def aclose(self) -> None:
+        await self.pipeline.aclose()
         await self.client.aclose()
         self.store.close()
 

@@ -30,6 +30,11 @@ T = TypeVar("T")
 WINDOW_SECONDS = 60
 
 
+def window_start(now: float | None = None) -> int:
+    """The start of the calendar minute that ``now`` (default: the present) falls in."""
+    return int(now if now is not None else time.time()) // WINDOW_SECONDS * WINDOW_SECONDS
+
+
 class StoreUnavailable(Exception):
     """DynamoDB could not answer (throttled, timed out, down, misconfigured)."""
 
@@ -172,32 +177,32 @@ class Store:
 
     # -- rate-limit counters -----------------------------------------------
 
-    def hit(
-        self, key_id: str, rpm: int | None, tpm: int | None, now: float | None = None
+    def take(
+        self, key_id: str, window: int, requests: int, rpm: int | None, tpm: int | None
     ) -> Usage:
-        """Count one request in the current window, if the window still has room.
+        """Take ``requests`` requests from a window, if it has room for all of them.
 
-        One conditional UpdateItem: it both checks the RPM and TPM limits and
-        takes the request, atomically, so gateway instances sharing the table
-        never admit more than the limit between them. Raises `RateLimited`
-        (with the window's counters) when it is full.
+        One conditional UpdateItem checks the RPM and TPM limits and takes the
+        requests atomically, so gateway instances sharing the table never take
+        more than the limit between them. Returns the window's counters after
+        the update; raises `RateLimited` with the counters as they were when
+        there is not enough room.
         """
-        window = int(now if now is not None else time.time()) // WINDOW_SECONDS * WINDOW_SECONDS
         conditions = []
         values: dict[str, Any] = {
-            ":one": {"N": "1"},
+            ":n": {"N": str(requests)},
             ":exp": {"N": str(window + 2 * WINDOW_SECONDS)},
         }
         if rpm is not None:
-            conditions.append("(attribute_not_exists(req) OR req < :rpm)")
-            values[":rpm"] = {"N": str(rpm)}
+            conditions.append("(attribute_not_exists(req) OR req <= :most)")
+            values[":most"] = {"N": str(rpm - requests)}
         if tpm is not None:
             conditions.append("(attribute_not_exists(tok) OR tok < :tpm)")
             values[":tpm"] = {"N": str(tpm)}
         kwargs: dict[str, Any] = {
             "TableName": self.counters_table,
             "Key": {"pk": {"S": f"{key_id}#{window}"}},
-            "UpdateExpression": "ADD req :one SET expires_at = if_not_exists(expires_at, :exp)",
+            "UpdateExpression": "ADD req :n SET expires_at = if_not_exists(expires_at, :exp)",
             "ExpressionAttributeValues": values,
             "ReturnValues": "ALL_NEW",
         }
@@ -212,22 +217,24 @@ class Store:
             raise
         return _usage_from_item(result.get("Attributes"), window)
 
-    def add_tokens(self, key_id: str, tokens: int, now: float | None = None) -> None:
-        """Charge tokens to the current window (unconditionally: they are spent)."""
-        window = int(now if now is not None else time.time()) // WINDOW_SECONDS * WINDOW_SECONDS
-        self._call(
+    def add(self, key_id: str, window: int, requests: int = 0, tokens: int = 0) -> Usage:
+        """Add to a window's counters unconditionally: tokens spent, requests given back (< 0)."""
+        result = self._call(
             self.client.update_item,
             TableName=self.counters_table,
             Key={"pk": {"S": f"{key_id}#{window}"}},
-            UpdateExpression="ADD tok :n SET expires_at = if_not_exists(expires_at, :exp)",
+            UpdateExpression="ADD req :r, tok :t SET expires_at = if_not_exists(expires_at, :exp)",
             ExpressionAttributeValues={
-                ":n": {"N": str(tokens)},
+                ":r": {"N": str(requests)},
+                ":t": {"N": str(tokens)},
                 ":exp": {"N": str(window + 2 * WINDOW_SECONDS)},
             },
+            ReturnValues="ALL_NEW",
         )
+        return _usage_from_item(result.get("Attributes"), window)
 
     def read_window(self, key_id: str, now: float | None = None) -> Usage:
-        window = int(now if now is not None else time.time()) // WINDOW_SECONDS * WINDOW_SECONDS
+        window = window_start(now)
         item = self._call(
             self.client.get_item,
             TableName=self.counters_table,
@@ -284,11 +291,11 @@ class AsyncStore:
     async def get_key(self, key_hash: str) -> KeyRecord | None:
         return await self._run(self.store.get_key, key_hash)
 
-    async def hit(self, key_id: str, rpm: int | None, tpm: int | None) -> Usage:
-        return await self._run(self.store.hit, key_id, rpm, tpm)
+    async def take(self, key_id: str, window: int, requests: int, rpm: int | None, tpm: int | None) -> Usage:
+        return await self._run(self.store.take, key_id, window, requests, rpm, tpm)
 
-    async def add_tokens(self, key_id: str, tokens: int) -> None:
-        await self._run(self.store.add_tokens, key_id, tokens)
+    async def add(self, key_id: str, window: int, requests: int = 0, tokens: int = 0) -> Usage:
+        return await self._run(self.store.add, key_id, window, requests, tokens)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False)

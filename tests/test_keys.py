@@ -51,6 +51,24 @@ def test_cache_serves_repeat_lookups_and_refuses_unknown_and_revoked_keys(store)
     assert lookups.count(hash_key("sk-aisix-unknown")) == 1, "unknown keys are cached too"
 
 
+def test_concurrent_misses_share_one_lookup(store):
+    secret, record = issue_key(store, "team")
+    lookups = []
+
+    async def lookup(key_hash):
+        lookups.append(key_hash)
+        await asyncio.sleep(0.05)
+        return store.get_key(key_hash)
+
+    cache = KeyCache(lookup, ttl=60)
+
+    async def burst():
+        return await asyncio.gather(*(cache.authenticate(secret) for _ in range(50)))
+
+    assert asyncio.run(burst()) == [record] * 50
+    assert len(lookups) == 1
+
+
 def run_cli(monkeypatch, store, capsys, *args):
     monkeypatch.setenv("AISIX_KEYS_TABLE", store.keys_table)
     monkeypatch.setenv("AISIX_COUNTERS_TABLE", store.counters_table)
@@ -83,6 +101,6 @@ def test_cli_creates_lists_and_revokes_keys(monkeypatch, store, capsys):
 def test_counter_windows_expire_by_ttl(store):
     ttl = store.client.describe_time_to_live(TableName=store.counters_table)["TimeToLiveDescription"]
     assert ttl == {"TimeToLiveStatus": "ENABLED", "AttributeName": "expires_at"}
-    store.hit("key_x", rpm=10, tpm=None, now=1_000_000)
+    store.take("key_x", 999_960, 1, rpm=10, tpm=None)
     item = raw_items(store, store.counters_table)[0]
-    assert int(item["expires_at"]["N"]) > 1_000_000
+    assert int(item["expires_at"]["N"]) == 999_960 + 120

@@ -74,6 +74,9 @@ class Hook:
     async def post_call(self, call: Call) -> None:
         pass
 
+    async def aclose(self) -> None:
+        """Release what the hook holds (clients, pending writes) when the gateway stops."""
+
 
 class Pipeline:
     """Runs hooks in order; knows which hooks take part in which phase."""
@@ -98,6 +101,14 @@ class Pipeline:
                 await hook.post_call(call)
             except Exception:
                 log.exception("post_call hook %s failed", type(hook).__name__)
+
+
+    async def aclose(self) -> None:
+        for hook in self.hooks:
+            try:
+                await hook.aclose()
+            except Exception:
+                log.exception("closing hook %s failed", type(hook).__name__)
 
 
 def _overrides(hook: Hook, method: str) -> bool:
