@@ -83,6 +83,7 @@ class Settings:
                 raise ConfigError(f"{name}={raw!r} is not a valid {cast.__name__}") from None
 
         d = cls()
+        on_lambda = bool(environ.get("AWS_LAMBDA_FUNCTION_NAME"))
         settings = cls(
             config_path=get("AISIX_CONFIG", d.config_path),
             keys_table=get("AISIX_KEYS_TABLE", d.keys_table),
@@ -95,14 +96,19 @@ class Settings:
             upstream_max_connections=get(
                 "AISIX_UPSTREAM_MAX_CONNECTIONS", d.upstream_max_connections, int
             ),
-            upstream_transport=get("AISIX_UPSTREAM_TRANSPORT", d.upstream_transport),
+            # On Lambda: one call at a time per instance, so aiohttp's pool buys little
+            # and its import costs every cold start; and a frozen instance cannot
+            # flush later, so token charges are written at once.
+            upstream_transport=get("AISIX_UPSTREAM_TRANSPORT", "httpx" if on_lambda else d.upstream_transport),
             rate_limit_on_store_error=get(
                 "AISIX_RATE_LIMIT_ON_STORE_ERROR", d.rate_limit_on_store_error
             ),
             deadline_margin_seconds=get(
                 "AISIX_DEADLINE_MARGIN_SECONDS", d.deadline_margin_seconds, float
             ),
-            token_flush_seconds=get("AISIX_TOKEN_FLUSH_SECONDS", d.token_flush_seconds, float),
+            token_flush_seconds=get(
+                "AISIX_TOKEN_FLUSH_SECONDS", 0.0 if on_lambda else d.token_flush_seconds, float
+            ),
         )
         if settings.upstream_transport not in ("aiohttp", "httpx"):
             raise ConfigError("AISIX_UPSTREAM_TRANSPORT must be 'aiohttp' or 'httpx'")
