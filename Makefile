@@ -20,8 +20,15 @@ run: install  ## the gateway on http://localhost:3000 with moto DynamoDB and a m
 test: install  ## the whole test suite
 	$(PY) -m pytest -q
 
-lint: install
-	$(PY) -m cfnlint template.yaml
+bench: install  ## the benchmark (~5 min): gateway vs direct path; prints and writes bench/RESULTS.md
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-bench.txt
+	$(PY) -m bench.run
+
+lint: install  ## cfn-lint on the SAM template
+	$(VENV)/bin/cfn-lint template.yaml
+
+lambda-local: install  ## the Lambda streaming path (function URL emulation) on http://localhost:3001, embedded default
+	$(PY) -m aisix serve --local --lambda --port 3001
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -4,7 +4,7 @@
     python -m aisix keys list
     python -m aisix keys revoke key_0123456789ab
     python -m aisix tables create
-    python -m aisix serve [--local] [--port 3000]
+    python -m aisix serve [--local] [--lambda] [--port 3000]
 
 Keys and tables use the same settings as the gateway (AISIX_KEYS_TABLE,
 AISIX_COUNTERS_TABLE, AISIX_DYNAMODB_ENDPOINT, AWS_REGION and the usual AWS
@@ -60,11 +60,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--local", action="store_true", help="embedded default: moto DynamoDB + mock upstream")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=3000)
+    serve.add_argument(
+        "--lambda", dest="as_lambda", action="store_true",
+        help="serve through the Lambda streaming runtime behind a local function URL emulation",
+    )
 
     args = parser.parse_args(argv)
     if args.command == "serve":
-        from .local.run import serve
+        from .local.run import serve, serve_lambda
 
+        if args.as_lambda:
+            return serve_lambda(local=args.local, port=args.port)
         return serve(local=args.local, host=args.host, port=args.port)
 
     settings = Settings.from_env()

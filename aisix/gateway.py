@@ -21,6 +21,7 @@ from .config import GatewayConfig, Settings, load_config
 from .errors import GatewayError, service_unavailable, upstream_error, upstream_timeout
 from .hooks import Call, Hook, Pipeline, RateLimitHook, ValidateModelHook, load_hook
 from .quota import Quota
+from .secrets import resolve_secrets
 from .providers import OpenAIProvider, is_timeout, make_upstream_client
 from .store import AsyncStore, KeyRecord, Store, StoreUnavailable, make_client
 from .usage import completion_chars, estimate_prompt_tokens, estimate_tokens, usage_from_dict
@@ -59,6 +60,7 @@ class Gateway:
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> "Gateway":
         settings = settings or Settings.from_env()
+        resolve_secrets()
         config = load_config(settings.config_path)
         client = make_client(settings.dynamodb_endpoint, settings.region)
         store = Store(client, settings.keys_table, settings.counters_table)

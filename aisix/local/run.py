@@ -96,6 +96,18 @@ def prepare_local(stack: ExitStack) -> None:
         issue_key(store, "local demo", frozenset({DEMO_MODEL}), rpm=60, tpm=100_000, secret=DEMO_KEY)
 
 
+def serve_lambda(local: bool, port: int) -> int:
+    """The Lambda streaming path behind a local function URL, with the embedded default."""
+    from ..lambda_runtime.emulator import main as emulator
+
+    with ExitStack() as stack:
+        if local:
+            prepare_local(stack)
+            os.environ.setdefault("AWS_LAMBDA_FUNCTION_NAME", "aisix-local")
+            print(f"\nLambda function URL emulation on http://localhost:{port} (demo key: {DEMO_KEY})\n")
+        return emulator(["--port", str(port), "--app", "handler:app"])
+
+
 def serve(local: bool, host: str, port: int) -> int:
     import uvicorn
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import httpx
 
 
@@ -17,6 +19,8 @@ def make_upstream_client(transport: str = "aiohttp", max_connections: int = 1000
     ``max_connections`` caps concurrent upstream calls; a call beyond it waits
     for a free connection (bounded by its model's time-out).
     """
+    # httpx logs every request at INFO: a formatted line per call nobody asked for.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=20)
     if transport == "aiohttp":
         from httpx_aiohttp import AiohttpTransport

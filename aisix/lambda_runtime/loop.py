@@ -1,0 +1,135 @@
+"""The invocation loop: one process, one event loop, many invocations in a row.
+
+Lifespan startup runs once before the first `/invocation/next`; each event then gets
+a fresh request cycle, streamed or buffered, and nothing of it outlives the event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import os
+import signal
+
+from mangum.protocols.http import HTTPCycle
+from mangum.types import ASGI
+
+from .cycle import StreamingCycle
+from .deadline import cancel_at, margin_ms, run_until
+from .events import HTTPRequest, UnsupportedEvent, to_request
+from .lifespan import Lifespan, LifespanFailure
+from .runtime_api import Invocation, RuntimeAPI
+
+logger = logging.getLogger("aisix.lambda_runtime")
+
+TRUTHY = frozenset({"1", "true", "yes", "on"})
+# Lambda answers 413 to a buffered result above 6 MiB; a streamed one may be larger.
+PAYLOAD_TOO_LARGE = 413
+
+
+class Runtime:
+    def __init__(self, app: ASGI, api: RuntimeAPI, *, stream_rest_api: bool, margin: int) -> None:
+        self.app = app
+        self.api = api
+        self.stream_rest_api = stream_rest_api
+        self.margin = margin
+        self.lifespan = Lifespan(app)
+
+    async def serve(self) -> bool:
+        """Start the app, then answer events until cancelled (SIGTERM). False if startup failed."""
+        try:
+            await self.lifespan.startup()
+        except LifespanFailure as exc:
+            await self.api.post_init_error("Runtime.StartupFailed", str(exc), "LifespanFailure")
+            return False
+        try:
+            if os.environ.get("AWS_LAMBDA_INITIALIZATION_TYPE") == "snap-start":
+                # Init ends at this call; Lambda snapshots here and resumes us on restore.
+                await self.api.restore_next()
+            while True:
+                invocation = await self.api.next_invocation()
+                try:
+                    await self.handle(invocation)
+                except Exception as exc:  # a bug here must not take the warm process down
+                    logger.exception("Runtime failure while handling %s", invocation.request_id)
+                    with contextlib.suppress(Exception):
+                        await self.api.post_error(invocation, "Runtime.Unhandled", str(exc), type(exc).__name__)
+        finally:
+            await self.lifespan.shutdown()
+
+    async def handle(self, invocation: Invocation) -> None:
+        if invocation.trace_id:
+            os.environ["_X_AMZN_TRACE_ID"] = invocation.trace_id  # what the AWS SDKs and X-Ray read
+        else:
+            os.environ.pop("_X_AMZN_TRACE_ID", None)
+        try:
+            request = to_request(invocation, stream_rest_api=self.stream_rest_api)
+        except UnsupportedEvent as exc:
+            await self.api.post_error(invocation, "Runtime.UnsupportedEvent", str(exc), "UnsupportedEvent")
+            return
+        if self.lifespan.supported:
+            request.scope["state"] = self.lifespan.state.copy()
+        if request.streaming:
+            await self._stream(invocation, request)
+        else:
+            await self._buffer(invocation, request)
+
+    @property
+    def grace(self) -> float:
+        """Seconds a cancelled app gets to unwind: half the margin; the rest is for answering."""
+        return self.margin / 2000
+
+    async def _stream(self, invocation: Invocation, request: HTTPRequest) -> None:
+        cycle = StreamingCycle(request.scope, request.body, functools.partial(self.api.open_stream, invocation))
+        await cycle.run(self.app, cancel_at(invocation.deadline_ms, self.margin), self.grace)
+
+    async def _buffer(self, invocation: Invocation, request: HTTPRequest) -> None:
+        """Answer exactly as `Mangum(app)` would, on the loop we already run."""
+        cycle = HTTPCycle(request.scope, request.body)
+        # HTTPCycle.run turns app errors (and our cancellation) into a 500 itself.
+        await run_until(cycle.run(self.app), cancel_at(invocation.deadline_ms, self.margin), self.grace)
+        try:
+            result = request.handler({"status": cycle.status, "headers": cycle.headers, "body": cycle.body})
+        except AttributeError:
+            await self.api.post_error(
+                invocation, "Function.IncompleteResponse", "The app did not complete a response", "IncompleteResponse"
+            )
+            return
+        status = await self.api.post_response(invocation, json.dumps(result).encode())
+        if status == PAYLOAD_TOO_LARGE:
+            await self.api.post_error(
+                invocation, "Function.ResponseSizeTooLarge", "Response exceeds 6 MB", "ResponseSizeTooLarge"
+            )
+        elif status >= 300:
+            logger.error("Runtime API rejected the buffered response with %s", status)
+
+
+def run(app: ASGI, *, runtime_api: str | None = None) -> None:
+    """Serve `app` as this Lambda function's runtime until SIGTERM.
+
+    Settings come from the environment: `AWS_LAMBDA_RUNTIME_API` (set by Lambda),
+    `AISIX_STREAM_REST_API` (stream REST API v1 events) and
+    `AISIX_LAMBDA_DEADLINE_MARGIN_MS` (safety-net margin, default 500).
+    """
+    address = runtime_api or os.environ["AWS_LAMBDA_RUNTIME_API"]
+    stream_rest_api = os.environ.get("AISIX_STREAM_REST_API", "").strip().lower() in TRUTHY
+    runtime = Runtime(app, RuntimeAPI(address), stream_rest_api=stream_rest_api, margin=margin_ms())
+    if not asyncio.run(_main(runtime)):
+        raise SystemExit(1)
+
+
+async def _main(runtime: Runtime) -> bool:
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
+            loop.add_signal_handler(sig, task.cancel)
+    try:
+        return await runtime.serve()
+    except asyncio.CancelledError:
+        logger.info("Shutting down")
+        return True

@@ -1,0 +1,143 @@
+"""Client for the Lambda runtime API, the HTTP server at `$AWS_LAMBDA_RUNTIME_API`.
+
+One short-lived HTTP/1.1 connection per call: the API is on loopback, so a connection
+costs microseconds, and a fresh one is never stale (after a SnapStart restore, or
+after a streamed response was cut off halfway).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import h11
+
+from .stream import (
+    ERROR_BODY,
+    ERROR_TYPE,
+    HTTP_INTEGRATION_RESPONSE,
+    Answer,
+    ResponseStream,
+    error_payload,
+    read_answer,
+)
+
+PREFIX = "/2018-06-01/runtime"
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """One event handed out by `/invocation/next`, with the headers that describe it."""
+
+    request_id: str
+    deadline_ms: int
+    invoked_function_arn: str
+    trace_id: str | None
+    client_context: str | None
+    cognito_identity: str | None
+    # Newer Lambda versions send it; echoing it back lets Lambda reject late answers.
+    invocation_id: str | None
+    event: bytes
+
+
+class RuntimeAPI:
+    def __init__(self, address: str) -> None:
+        host, _, port = address.rpartition(":")
+        self._host = host.strip("[]") or "127.0.0.1"
+        self._port = int(port)
+        self._authority = address
+
+    async def next_invocation(self) -> Invocation:
+        """Block until Lambda hands over the next event."""
+        answer = await self._call("GET", f"{PREFIX}/invocation/next")
+        if answer.status != 200:
+            raise ConnectionError(f"/invocation/next answered {answer.status}: {answer.body[:200]!r}")
+        h = answer.headers
+        return Invocation(
+            request_id=h["lambda-runtime-aws-request-id"],
+            deadline_ms=int(h["lambda-runtime-deadline-ms"]),
+            invoked_function_arn=h.get("lambda-runtime-invoked-function-arn", ""),
+            trace_id=h.get("lambda-runtime-trace-id"),
+            client_context=h.get("lambda-runtime-client-context"),
+            cognito_identity=h.get("lambda-runtime-cognito-identity"),
+            invocation_id=h.get("lambda-runtime-invocation-id"),
+            event=answer.body,
+        )
+
+    async def post_response(self, invocation: Invocation, body: bytes) -> int:
+        """A buffered result: no response-mode header at all (Lambda rejects `buffered`)."""
+        answer = await self._call(
+            "POST",
+            f"{PREFIX}/invocation/{invocation.request_id}/response",
+            [("Content-Type", "application/json"), *_echo(invocation)],
+            body,
+        )
+        return answer.status
+
+    async def post_error(self, invocation: Invocation, kind: str, message: str, error_type: str) -> int:
+        answer = await self._call(
+            "POST",
+            f"{PREFIX}/invocation/{invocation.request_id}/error",
+            [(ERROR_TYPE, kind), ("Content-Type", "application/json"), *_echo(invocation)],
+            _error_body(message, error_type),
+        )
+        return answer.status
+
+    async def post_init_error(self, kind: str, message: str, error_type: str) -> int:
+        answer = await self._call(
+            "POST",
+            f"{PREFIX}/init/error",
+            [(ERROR_TYPE, kind), ("Content-Type", "application/json")],
+            _error_body(message, error_type),
+        )
+        return answer.status
+
+    async def restore_next(self) -> None:
+        """SnapStart: returns once the environment has been restored from the snapshot."""
+        answer = await self._call("GET", f"{PREFIX}/restore/next")
+        if answer.status != 200:
+            raise ConnectionError(f"/restore/next answered {answer.status}")
+
+    async def open_stream(self, invocation: Invocation, prelude: bytes, on_gone: Callable[[], None]) -> ResponseStream:
+        """Start a streamed response; `prelude` goes out as the first chunk."""
+        reader, writer = await asyncio.open_connection(self._host, self._port)
+        headers = [
+            ("Host", self._authority),
+            ("Lambda-Runtime-Function-Response-Mode", "streaming"),
+            ("Transfer-Encoding", "chunked"),
+            ("Trailer", f"{ERROR_TYPE}, {ERROR_BODY}"),
+            ("Content-Type", HTTP_INTEGRATION_RESPONSE),
+            *_echo(invocation),
+        ]
+        request = h11.Request(
+            method="POST", target=f"{PREFIX}/invocation/{invocation.request_id}/response", headers=headers
+        )
+        stream = ResponseStream(reader, writer, h11.Connection(h11.CLIENT), on_gone)
+        await stream.start(request, prelude)
+        return stream
+
+    async def _call(
+        self, method: str, target: str, headers: list[tuple[str, str]] | None = None, body: bytes = b""
+    ) -> Answer:
+        reader, writer = await asyncio.open_connection(self._host, self._port)
+        try:
+            conn = h11.Connection(h11.CLIENT)
+            head = [("Host", self._authority), *(headers or [])]
+            if method != "GET":
+                head.append(("Content-Length", str(len(body))))
+            request = h11.Request(method=method, target=target, headers=head)
+            writer.write(conn.send(request) + conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage()))
+            await writer.drain()
+            return await read_answer(conn, reader)
+        finally:
+            writer.close()
+
+
+def _echo(invocation: Invocation) -> list[tuple[str, str]]:
+    return [("Lambda-Runtime-Invocation-Id", invocation.invocation_id)] if invocation.invocation_id else []
+
+
+def _error_body(message: str, error_type: str) -> bytes:
+    return json.dumps({**error_payload(message, error_type), "stackTrace": []}).encode()
