@@ -17,6 +17,8 @@ keep-alives). The only JSON parsed per stream is the final usage chunk.
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -65,9 +67,14 @@ class StreamRelay:
         self.last_write = 0.0
         self.completion_chars = 0
         self.saw_error_event = False
+        self.trailers = False
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         self.send = send
+        extensions = scope.get("extensions") or {}
+        # On Lambda, a stream that fails after its first byte is also reported to
+        # Lambda, in the error trailers of the streaming protocol (ASGI trailers).
+        self.trailers = "http.response.trailers" in extensions and "aws.lambda" in extensions
         self.last_write = time.monotonic()
         call = self.call
         try:
@@ -138,11 +145,11 @@ class StreamRelay:
         if done:
             self.finished = True
             call.status = 200
-            await send({"type": "http.response.body", "body": DONE, "more_body": False})
+            await self._end(DONE)
         elif self.saw_error_event:
             self.finished = True
             call.status = 502
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            await self._end(b"", upstream_error("The upstream reported an error in the stream."))
         else:
             raise upstream_error("The upstream closed the stream before it was complete.")
 
@@ -153,7 +160,17 @@ class StreamRelay:
         call = self.call
         raw_headers = list(headers if headers is not None else SSE_HEADERS)
         raw_headers.extend((k.encode(), v.encode()) for k, v in call.response_headers.items())
-        await self.send({"type": "http.response.start", "status": status, "headers": raw_headers})
+        await self.send(
+            {"type": "http.response.start", "status": status, "headers": raw_headers, "trailers": self.trailers}
+        )
+
+    async def _end(self, body: bytes, error: GatewayError | None = None) -> None:
+        """The last body message; on Lambda, then the trailers, with ``error`` if the stream failed."""
+        await self.send({"type": "http.response.body", "body": body, "more_body": False})
+        if self.trailers:
+            await self.send(
+                {"type": "http.response.trailers", "headers": lambda_error_trailers(error), "more_trailers": False}
+            )
 
     async def _fail(self, error: GatewayError) -> None:
         """End the call with ``error``: an HTTP error before the first byte, an SSE event after."""
@@ -166,9 +183,9 @@ class StreamRelay:
         if not self.started:
             call.response_headers.update(error.headers)
             await self._start(error.status, [(b"content-type", b"application/json")])
-            await self.send({"type": "http.response.body", "body": error.to_json(), "more_body": False})
+            await self._end(error.to_json())
             return
-        await self.send({"type": "http.response.body", "body": error.to_sse(), "more_body": False})
+        await self._end(error.to_sse(), error)
 
     async def _keepalive(self) -> None:
         """Send SSE comments while the upstream is silent, so idle time-outs on the way don't fire."""
@@ -198,6 +215,18 @@ class StreamRelay:
         completion = estimate_tokens(self.completion_chars)
         call.usage = TokenUsage(prompt, completion, prompt + completion)
         call.usage_estimated = True
+
+
+def lambda_error_trailers(error: GatewayError | None) -> list[tuple[bytes, bytes]]:
+    """Lambda's stream error trailers: a ``Function.Xxx`` type and a short base64 JSON body."""
+    if error is None:
+        return []
+    kind = "Function." + "".join(part.title() for part in (error.code or "stream_error").split("_"))
+    body = json.dumps({"errorMessage": error.message[:500], "errorType": kind}).encode()
+    return [
+        (b"lambda-runtime-function-error-type", kind.encode()),
+        (b"lambda-runtime-function-error-body", base64.b64encode(body)),
+    ]
 
 
 def _client_wants_usage(body: dict[str, Any]) -> bool:

@@ -9,6 +9,11 @@ The counterpart of Mangum's `HTTPCycle`, which buffers. The rules:
 * After that each body message is one HTTP chunk, written and drained right away. An
   error ends the stream with error trailers; a broken connection turns `send()` into a
   no-op and wakes `receive()` with `http.disconnect`, so the app can cancel its work.
+* ASGI's HTTP trailers extension is offered: an app that starts with `trailers: True`
+  ends with `http.response.trailers`, and Lambda's two error trailers
+  (`Lambda-Runtime-Function-Error-Type` / `-Body`) among them reach the runtime API,
+  so an app that ends a stream on an error of its own (an upstream cut off) can say so
+  to Lambda without raising.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ INTERNAL_ERROR = {"error": {"message": "Internal server error", "type": "server_
 TIMEOUT_ERROR = {"error": {"message": "Request timed out", "type": "server_error", "param": None, "code": "timeout"}}
 
 STREAM_ERROR = "Runtime.StreamError"
+LAMBDA_TRAILERS = (b"lambda-runtime-function-error-type", b"lambda-runtime-function-error-body")
 TIMEOUT = "Runtime.Timeout"
 
 
@@ -55,6 +61,7 @@ class StreamingCycle:
         self._stream: ResponseStream | None = None
         self._status = 200
         self._headers: list[tuple[bytes, bytes]] = []
+        self._trailers_expected = False
         self._closed = asyncio.Event()
 
     async def run(self, app: ASGI, cancel_at: float, grace: float) -> None:
@@ -93,9 +100,22 @@ class StreamingCycle:
         if kind == "http.response.start" and self.state is State.REQUEST:
             self._status = message["status"]
             self._headers = [(bytes(k), bytes(v)) for k, v in message.get("headers", [])]
+            self._trailers_expected = bool(message.get("trailers", False))
             self.state = State.RESPONSE
         elif kind == "http.response.body" and self.state in (State.RESPONSE, State.STREAMING):
-            await self._write(message.get("body", b""), more=message.get("more_body", False))
+            more = message.get("more_body", False)
+            await self._write(message.get("body", b""), more=more or self._trailers_expected)
+        elif kind == "http.response.trailers" and self._trailers_expected and self.state is State.STREAMING:
+            if message.get("more_trailers", False):
+                raise RuntimeError("more_trailers is not supported")
+            trailers = [
+                (bytes(k).decode("latin-1"), bytes(v).decode("latin-1"))
+                for k, v in message.get("headers", [])
+                if bytes(k).lower() in LAMBDA_TRAILERS
+            ]
+            assert self._stream is not None
+            await self._stream.end(trailers or None)
+            self._complete()
         else:
             raise RuntimeError(f"Unexpected ASGI message {kind!r} in state {self.state.name}")
 

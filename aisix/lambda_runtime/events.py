@@ -82,7 +82,12 @@ def to_request(invocation: Invocation, *, stream_rest_api: bool) -> HTTPRequest:
 
     scope = handler.scope
     scope["extensions"] = {"aws.lambda": {"request_id": invocation.request_id, "deadline_ms": invocation.deadline_ms}}
-    return HTTPRequest(scope, handler.body, handler, _streams(handler, event, stream_rest_api))
+    streaming = _streams(handler, event, stream_rest_api)
+    if streaming:
+        # ASGI's HTTP trailers extension: an app may end a stream with Lambda's error
+        # trailers (see cycle.StreamingCycle.send).
+        scope["extensions"]["http.response.trailers"] = {}
+    return HTTPRequest(scope, handler.body, handler, streaming)
 
 
 def _streams(handler: LambdaHandler, event: dict[str, Any], stream_rest_api: bool) -> bool:
