@@ -15,8 +15,10 @@ import logging
 import time
 from typing import Any, AsyncIterator
 
+import anyio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -24,12 +26,15 @@ from starlette.routing import Route
 from .errors import GatewayError, bad_request, error_body
 from .gateway import Gateway
 from .hooks import Call
+from .openapi import openapi_document
 from .relay import StreamRelay
 
 log = logging.getLogger("aisix")
 
 # curl -d sends form-urlencoded unless told otherwise; a JSON body under that label is accepted.
 JSON_TYPES = ("application/json", "text/json", "application/x-www-form-urlencoded")
+# Request headers, names and values together: an OpenAI client sends well under 2 KiB.
+MAX_HEADER_BYTES = 32 * 1024
 
 
 def create_app(gateway: Gateway | None = None) -> Starlette:
@@ -47,12 +52,16 @@ def create_app(gateway: Gateway | None = None) -> Starlette:
         if call.stream:
             return StreamRelay(gw, call)
         try:
-            content = await gw.complete(call)
-        except GatewayError as exc:
-            call.error, call.status = exc, exc.status
+            content = await _complete_unless_client_leaves(gw, call, request.receive)
+        except BaseException as exc:
+            if isinstance(exc, GatewayError):
+                call.error, call.status = exc, exc.status
+            await _finish(gw, call)
             raise
-        finally:
-            await gw.pipeline.post_call(call)
+        # Charged before the answer leaves: on Lambda the invocation ends with the answer.
+        await _finish(gw, call)
+        if content is None:  # the client left: nobody reads an answer
+            raise GatewayError(499, "The client closed the request.", code="client_closed_request")
         return Response(content, 200, call.response_headers, media_type="application/json")
 
     async def list_models(request: Request) -> JSONResponse:
@@ -67,6 +76,11 @@ def create_app(gateway: Gateway | None = None) -> Starlette:
     async def health(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
+    openapi = json.dumps(openapi_document()).encode()
+
+    async def openapi_json(request: Request) -> Response:
+        return Response(openapi, media_type="application/json")
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
@@ -74,12 +88,14 @@ def create_app(gateway: Gateway | None = None) -> Starlette:
 
     app = Starlette(
         routes=[
-            Route("/v1/chat/completions", chat_completions, methods=["POST"]),
-            Route("/chat/completions", chat_completions, methods=["POST"]),
-            Route("/v1/models", list_models, methods=["GET"]),
-            Route("/models", list_models, methods=["GET"]),
+            Route("/v1/chat/completions", _guarded(chat_completions), methods=["POST"]),
+            Route("/chat/completions", _guarded(chat_completions), methods=["POST"]),
+            Route("/v1/models", _guarded(list_models), methods=["GET"]),
+            Route("/models", _guarded(list_models), methods=["GET"]),
             Route("/health", health, methods=["GET"]),
+            Route("/openapi.json", openapi_json, methods=["GET"]),
         ],
+        middleware=[Middleware(HeaderLimit, limit=MAX_HEADER_BYTES)],
         exception_handlers={
             GatewayError: _gateway_error,
             HTTPException: _http_error,
@@ -89,6 +105,71 @@ def create_app(gateway: Gateway | None = None) -> Starlette:
     )
     app.state.gateway = gw
     return app
+
+
+class HeaderLimit:
+    """Pure ASGI: refuse requests whose headers pass ``limit`` bytes (431) before any work is done.
+
+    uvicorn's httptools parser accepts headers of any size, so the check
+    cannot save the server the bytes; it keeps them out of the gateway (a
+    megabyte "key" is never hashed, looked up or logged).
+    """
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            size = 0
+            for name, value in scope["headers"]:
+                size += len(name) + len(value)
+            if size > self.limit:
+                error = GatewayError(
+                    431, f"The request headers are larger than this gateway accepts ({self.limit} bytes).",
+                    code="request_headers_too_large",
+                )
+                await JSONResponse(error.to_dict(), 431)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+async def _complete_unless_client_leaves(gw: Gateway, call: Call, receive: Any) -> bytes | None:
+    """The non-streamed upstream call, cancelled as soon as the client disconnects (then None).
+
+    The request body has been read, so the next ``receive`` message is the
+    disconnect (uvicorn, Mangum and the Lambda runtime all block until then).
+    """
+    result: bytes | None = None
+    failure: Exception | None = None
+    async with anyio.create_task_group() as tasks:
+
+        async def watch() -> None:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    call.state["client_disconnected"] = True
+                    call.status = 499
+                    tasks.cancel_scope.cancel()
+                    return
+
+        tasks.start_soon(watch)
+        try:
+            result = await gw.complete(call)
+        except Exception as exc:  # re-raised as is, not wrapped in an ExceptionGroup
+            failure = exc
+        finally:
+            tasks.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
+    return result
+
+
+async def _finish(gw: Gateway, call: Call) -> None:
+    """Charge and run post_call hooks, whatever cancels the request around it."""
+    with anyio.CancelScope(shield=True):
+        gw.settle_usage(call)
+        await gw.pipeline.post_call(call)
 
 
 async def _read_json(request: Request, max_body: int) -> dict[str, Any]:
@@ -112,11 +193,13 @@ async def _read_json(request: Request, max_body: int) -> dict[str, Any]:
     if not raw.strip():
         raise bad_request("The request body is empty. Send a JSON object with 'model' and 'messages'.")
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_constant=_no_constants)
     except UnicodeDecodeError:
         raise bad_request("The request body is not valid UTF-8.") from None
     except ValueError as exc:
         raise bad_request(f"The request body is not valid JSON: {exc}.") from None
+    except RecursionError:
+        raise bad_request("The request body is nested too deeply.") from None
     if not isinstance(body, dict):
         raise bad_request("The request body must be a JSON object.")
     model = body.get("model")
@@ -133,6 +216,10 @@ async def _read_json(request: Request, max_body: int) -> dict[str, Any]:
     if "stream" in body and body["stream"] is not None and not isinstance(body["stream"], bool):
         raise bad_request("'stream' must be a boolean.", param="stream")
     return body
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
 
 
 def _too_large(limit: int) -> GatewayError:
@@ -157,6 +244,25 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(
         error_body(message, "invalid_request_error"), exc.status_code, headers=exc.headers
     )
+
+
+def _guarded(endpoint: Any) -> Any:
+    """The endpoint, with an unexpected exception answered as a logged 500 right there.
+
+    Left to Starlette's last-resort handler, the exception would be re-raised
+    after the answer, logged twice, and the server would drop the client's
+    keep-alive connection.
+    """
+
+    async def guarded(request: Request) -> Any:
+        try:
+            return await endpoint(request)
+        except (GatewayError, HTTPException):
+            raise
+        except Exception as exc:
+            return await _internal_error(request, exc)
+
+    return guarded
 
 
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:

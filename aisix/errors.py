@@ -66,3 +66,7 @@ def upstream_timeout(message: str) -> GatewayError:
 
 def service_unavailable(message: str) -> GatewayError:
     return GatewayError(503, message, type="server_error", code="service_unavailable")
+
+
+def internal_error() -> GatewayError:
+    return GatewayError(500, "Internal server error.", type="server_error")

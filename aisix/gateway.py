@@ -18,16 +18,24 @@ import httpx
 
 from .auth import KeyCache, bearer_token
 from .config import GatewayConfig, Settings, load_config
-from .errors import GatewayError, service_unavailable, upstream_error, upstream_timeout
+from .errors import GatewayError, bad_request, service_unavailable, upstream_error, upstream_timeout
 from .hooks import Call, Hook, Pipeline, RateLimitHook, ValidateModelHook, load_hook
 from .quota import Quota
 from .secrets import resolve_secrets
-from .providers import OpenAIProvider, is_timeout, make_upstream_client
+from .providers import OpenAIProvider, is_timeout, make_upstream_client, never_sent
 from .store import AsyncStore, KeyRecord, Store, StoreUnavailable, make_client
 from .usage import completion_chars, estimate_prompt_tokens, estimate_tokens, usage_from_dict
 from .hooks.base import TokenUsage
 
 log = logging.getLogger("aisix")
+
+# ``call.state`` key: True once the upstream has (or may have) taken the call, so it is
+# charged; False when it certainly never saw it (no connection) or refused it (an
+# error status). See docs/faults.md, "What is charged".
+UPSTREAM_TOOK_CALL = "upstream_took_call"
+
+# A non-streamed answer is held in memory to read its usage: beyond this it is refused (502).
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
 
 
 class Gateway:
@@ -94,6 +102,7 @@ class Gateway:
         response = await self._send(provider, call, stream, with_usage)
         if response.status_code == 200:
             return response
+        call.state[UPSTREAM_TOOK_CALL] = False  # refused: the upstream did no work
         body = await _read_and_close(response)
         if with_usage and provider.rejects_stream_options(response.status_code, body):
             log.info("upstream of %s refuses stream_options; usage will be estimated", call.model.name)
@@ -101,16 +110,24 @@ class Gateway:
             response = await self._send(provider, call, stream, with_usage=False)
             if response.status_code == 200:
                 return response
+            call.state[UPSTREAM_TOOK_CALL] = False
             body = await _read_and_close(response)
         raise upstream_failure(provider, response.status_code, response.headers, body)
 
     async def _send(
         self, provider: OpenAIProvider, call: Call, stream: bool, with_usage: bool
     ) -> httpx.Response:
-        request = provider.build_request(self.client, call.body, stream, with_usage)
+        try:
+            request = provider.build_request(self.client, call.body, stream, with_usage)
+        except RecursionError:  # parsed at the limit of the stack, one level too deep to write back
+            raise bad_request("The request body is nested too deeply.") from None
+        # Set before the await: a client that leaves while the upstream thinks is charged too.
+        call.state[UPSTREAM_TOOK_CALL] = True
         try:
             return await self.client.send(request, stream=True)
         except httpx.HTTPError as exc:
+            if never_sent(exc):
+                call.state[UPSTREAM_TOOK_CALL] = False
             if is_timeout(exc):
                 raise upstream_timeout(f"The upstream for '{call.model_name}' did not answer in time.") from None
             raise upstream_error(
@@ -121,7 +138,7 @@ class Gateway:
         """A non-streamed call: the upstream's JSON body, as it came, with usage recorded."""
         response = await self.open_upstream(call, stream=False)
         try:
-            body = await response.aread()
+            body = await read_limited(response, MAX_ANSWER_BYTES)
         except httpx.HTTPError as exc:
             if is_timeout(exc):
                 raise upstream_timeout("The upstream did not finish its answer in time.") from None
@@ -130,19 +147,62 @@ class Gateway:
             await response.aclose()
         try:
             parsed = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise upstream_error("The upstream answered with something that is not JSON.") from None
         if not isinstance(parsed, dict):
             raise upstream_error("The upstream answered with something that is not a chat completion.")
         call.status = 200
         call.response_body = body
         call.usage = usage_from_dict(parsed.get("usage"))
-        if call.usage is None:
-            prompt = estimate_prompt_tokens(call.body)
-            completion = estimate_tokens(completion_chars(parsed))
-            call.usage = TokenUsage(prompt, completion, prompt + completion)
-            call.usage_estimated = True
+        self.settle_usage(call, completion_chars(parsed))
         return body
+
+    def settle_usage(self, call: Call, completion_chars: int = 0) -> None:
+        """Give ``call`` its usage if the upstream reported none: what the call really used.
+
+        A call the upstream took (it answered 200, or it was cut off, timed out
+        or abandoned by the client after the request left) is charged the
+        estimated prompt plus the ``completion_chars`` relayed so far; a call
+        the upstream never saw (no connection) or refused (an error status)
+        is charged nothing.
+        """
+        if call.usage is not None or not call.state.get(UPSTREAM_TOOK_CALL):
+            return
+        prompt = estimate_prompt_tokens(call.body)
+        completion = estimate_tokens(completion_chars)
+        call.usage = TokenUsage(prompt, completion, prompt + completion)
+        call.usage_estimated = True
+
+    async def read_stray_usage(self, call: Call, response: httpx.Response, limit: int = 1024 * 1024) -> None:
+        """Read what an upstream sent instead of an event stream, for the usage it reports."""
+        try:
+            body = await read_limited(response, limit)
+            parsed = json.loads(body)
+        except (httpx.HTTPError, ValueError, RecursionError, UnicodeDecodeError):
+            return
+        if isinstance(parsed, dict):
+            call.usage = usage_from_dict(parsed.get("usage"))
+
+    def upstream_error_event(self, call: Call, chunk: dict[str, Any]) -> GatewayError:
+        """An ``{"error": ...}`` event the upstream sent mid-stream, as a well-formed OpenAI error."""
+        assert call.model is not None
+        error = chunk.get("error")
+        return _error_from_upstream(
+            self.providers[call.model.name], 502, error if isinstance(error, dict) else {},
+            default_type="api_error", default_code="upstream_error",
+        )
+
+
+async def read_limited(response: httpx.Response, limit: int) -> bytes:
+    """The response body, or `upstream_error` (502) once it passes ``limit`` bytes."""
+    pieces: list[bytes] = []
+    size = 0
+    async for piece in response.aiter_bytes():
+        size += len(piece)
+        if size > limit:
+            raise upstream_error(f"The upstream's answer is larger than the gateway relays ({limit} bytes).")
+        pieces.append(piece)
+    return b"".join(pieces)
 
 
 async def _read_and_close(response: httpx.Response) -> bytes:
@@ -173,19 +233,37 @@ def upstream_failure(
         parsed = json.loads(body)
         if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
             error = parsed["error"]
-    except ValueError:
+    except (ValueError, RecursionError):
         pass
-    message = str(error.get("message") or f"The upstream for '{name}' refused the request (HTTP {status}).")
-    if provider.model.api_key:
-        message = message.replace(provider.model.api_key, "[redacted]")
     passthrough_headers = {}
     if status == 429 and "retry-after" in headers:
         passthrough_headers["retry-after"] = headers["retry-after"]
+    return _error_from_upstream(
+        provider, status, error, headers=passthrough_headers,
+        default_type="rate_limit_error" if status == 429 else "invalid_request_error",
+    )
+
+
+def _error_from_upstream(
+    provider: OpenAIProvider,
+    status: int,
+    error: dict[str, Any],
+    *,
+    default_type: str,
+    default_code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> GatewayError:
+    """The upstream's own error fields, redacted of the upstream key, in OpenAI's four-key shape."""
+    name = provider.model.name
+    message = str(error.get("message") or f"The upstream for '{name}' refused the request (HTTP {status}).")
+    key = provider.model.api_key
+    if key:
+        message = message.replace(key, "[redacted]")
     return GatewayError(
         status,
         message,
-        type=str(error.get("type") or ("rate_limit_error" if status == 429 else "invalid_request_error")),
+        type=str(error.get("type") or default_type),
         param=error.get("param") if isinstance(error.get("param"), str) else None,
-        code=str(error["code"]) if error.get("code") is not None else None,
-        headers=passthrough_headers,
+        code=str(error["code"]) if error.get("code") is not None else default_code,
+        headers=headers,
     )

@@ -1,7 +1,7 @@
 """The streaming relay: upstream Server-Sent Events in, the same events out, one by one.
 
 `StreamRelay` is a plain ASGI response (not Starlette's StreamingResponse) so
-that it owns the three things a relay must get right:
+that it owns the things a relay must get right:
 
 * each upstream event leaves as its own ``http.response.body`` message the
   moment it is parsed: no merging, no buffers that wait to fill;
@@ -9,15 +9,23 @@ that it owns the three things a relay must get right:
   is watched on ``receive``), and what was used so far is still charged;
 * a failure after the first byte reaches the client as an SSE event carrying
   an OpenAI error object, and the stream then ends without ``[DONE]``, so a
-  cut-off answer never looks complete.
+  cut-off answer never looks complete;
+* whatever the upstream sends, the client gets well-formed events: an event
+  that is not a JSON object, an oversized event, or an upstream ``error``
+  event ends the stream with the gateway's own error event;
+* memory stays bounded: an event is held only up to `MAX_EVENT_BYTES`, and a
+  client that reads slowly stalls the upstream read (each write waits for
+  the server's flow control) instead of piling chunks up in the gateway.
 
-Upstream SSE is parsed by httpx-sse (multi-line data, comments, CRLF,
-keep-alives). The only JSON parsed per stream is the final usage chunk.
+Each event's data is checked to be a JSON object (one ``raw_decode``, about a
+microsecond for a typical chunk); the parsed chunk gives the usage and the
+text length for the estimate, so nothing is scanned twice.
 """
 
 from __future__ import annotations
 
 import base64
+import codecs
 import json
 import logging
 import time
@@ -25,19 +33,10 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import httpx
-from httpx_sse import EventSource, SSEError
 
-from .errors import GatewayError, upstream_error, upstream_timeout
+from .errors import GatewayError, internal_error, upstream_error, upstream_timeout
 from .providers import is_timeout
-from .usage import (
-    chunk_has_usage,
-    content_chars,
-    estimate_prompt_tokens,
-    estimate_tokens,
-    parse_chunk,
-    usage_from_dict,
-)
-from .hooks.base import TokenUsage
+from .usage import delta_chars, usage_from_dict
 
 if TYPE_CHECKING:
     from .gateway import Gateway
@@ -52,6 +51,107 @@ SSE_HEADERS = [
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
 ]
+# The largest single event the relay holds (a chunk is usually a few hundred bytes).
+MAX_EVENT_BYTES = 8 * 1024 * 1024
+
+_raw_decode = json.JSONDecoder().raw_decode
+
+
+class EventTooLarge(Exception):
+    pass
+
+
+class SSEDecoder:
+    """Incremental Server-Sent Events decoder: bytes in, each event's ``data`` out.
+
+    Follows the SSE spec's parsing rules: lines end with CRLF, LF or CR (also
+    split across reads), ``data`` lines of one event are joined with LF, one
+    leading space after the colon is dropped, comments and other fields
+    (``event``, ``id``, ``retry``) are ignored, a leading BOM is skipped, and
+    an event not ended by a blank line when the stream ends is dropped.
+    Unlike a generic parser it is bounded: an event (or a line) longer than
+    ``limit`` characters raises `EventTooLarge` instead of being buffered.
+    """
+
+    __slots__ = ("_utf8", "_tail", "_tail_size", "_data", "_size", "_limit", "_cr", "_started")
+
+    def __init__(self, limit: int = MAX_EVENT_BYTES) -> None:
+        self._utf8 = codecs.getincrementaldecoder("utf-8")("replace")
+        self._tail: list[str] = []  # the pieces of an incomplete line
+        self._tail_size = 0
+        self._data: list[str] = []  # the data lines of the event being read
+        self._size = 0
+        self._limit = limit
+        self._cr = False  # the last read ended with CR: a LF starting the next one ends no line
+        self._started = False
+
+    def feed(self, raw: bytes) -> list[str]:
+        text = self._utf8.decode(raw)
+        if not self._started and text:
+            self._started = True
+            if text[0] == "\ufeff":
+                text = text[1:]
+        return self._lines(text)
+
+    def _lines(self, text: str) -> list[str]:
+        if self._cr and text[:1] == "\n":
+            text = text[1:]
+        self._cr = False
+        if not text:
+            return []
+        if "\r" in text:
+            self._cr = text[-1] == "\r"
+            text = text.replace("\r\n", "\n").replace("\r", "\n")
+        if "\n" not in text:  # the middle of a long line: kept in pieces, never re-joined per read
+            self._tail.append(text)
+            self._tail_size += len(text)
+            if self._tail_size + self._size > self._limit:
+                raise EventTooLarge
+            return []
+        lines = text.split("\n")
+        if self._tail:
+            self._tail.append(lines[0])
+            lines[0] = "".join(self._tail)
+            self._tail = []
+        last = lines.pop()
+        if last:
+            self._tail.append(last)
+        self._tail_size = len(last)
+        if self._tail_size + self._size > self._limit or len(lines[0]) > self._limit:
+            raise EventTooLarge
+        events: list[str] = []
+        for line in lines:
+            if not line:
+                if self._data:
+                    events.append("\n".join(self._data))
+                    self._data = []
+                    self._size = 0
+            elif line.startswith("data"):
+                if line.startswith("data:"):
+                    value = line[6:] if line[5:6] == " " else line[5:]
+                elif line == "data":
+                    value = ""
+                else:
+                    continue  # a field named e.g. "datax": ignored
+                self._data.append(value)
+                self._size += len(value) + 1
+                if self._size > self._limit:
+                    raise EventTooLarge
+        return events
+
+
+def decode_chunk(data: str) -> dict[str, Any] | None:
+    """The event's data as a JSON object, or None if it is not one."""
+    try:
+        chunk, end = _raw_decode(data)
+        if end != len(data) and data[end:].strip():
+            return None
+    except (ValueError, RecursionError):
+        try:
+            chunk = json.loads(data)  # leading white space, rare
+        except (ValueError, RecursionError):
+            return None
+    return chunk if isinstance(chunk, dict) else None
 
 
 class StreamRelay:
@@ -64,10 +164,12 @@ class StreamRelay:
         self.send: Any = None
         self.started = False
         self.finished = False
+        self.sending = False
         self.last_write = 0.0
         self.completion_chars = 0
-        self.saw_error_event = False
         self.trailers = False
+        self.charge_first = False
+        self.settled = False
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         self.send = send
@@ -75,6 +177,8 @@ class StreamRelay:
         # On Lambda, a stream that fails after its first byte is also reported to
         # Lambda, in the error trailers of the streaming protocol (ASGI trailers).
         self.trailers = "http.response.trailers" in extensions and "aws.lambda" in extensions
+        # On Lambda the invocation is over with the last byte: charge before sending it.
+        self.charge_first = "aws.lambda" in extensions
         self.last_write = time.monotonic()
         call = self.call
         try:
@@ -86,6 +190,9 @@ class StreamRelay:
                         await self._relay()
                     except GatewayError as exc:
                         await self._fail(exc)
+                    except Exception:
+                        log.exception("stream relay for model %s failed", call.model_name)
+                        await self._fail(internal_error())
                     finally:
                         tasks.cancel_scope.cancel()
             if deadline.cancelled_caught:
@@ -93,65 +200,83 @@ class StreamRelay:
                     upstream_timeout("The gateway's time limit was reached before the upstream finished.")
                 )
         finally:
-            with anyio.CancelScope(shield=True):
-                if call.usage is None:
-                    self._estimate_usage()
-                await self.gateway.pipeline.post_call(call)
+            await self._settle()
+
+    async def _settle(self) -> None:
+        """Charge the call and run post_call hooks, once, whatever cancels the relay around it."""
+        if self.settled:
+            return
+        self.settled = True
+        with anyio.CancelScope(shield=True):
+            self.gateway.settle_usage(self.call, self.completion_chars)
+            await self.gateway.pipeline.post_call(self.call)
 
     async def _relay(self) -> None:
         call, gateway = self.call, self.gateway
         response = await gateway.open_upstream(call, stream=True)
         try:
             if not response.headers.get("content-type", "").startswith("text/event-stream"):
+                await gateway.read_stray_usage(call, response)
                 raise upstream_error("The upstream answered a streamed request without an event stream.")
             await self._start(200)
-            chunk_hooks = gateway.pipeline.chunk_hooks
-            hide_usage = not self.client_wants_usage
-            send = self.send
+            decoder = SSEDecoder(MAX_EVENT_BYTES)
             done = False
-            async for event in EventSource(response).aiter_sse():
-                data = event.data
-                if not data:
-                    continue
-                if data == "[DONE]":
-                    done = True
+            async for raw in response.aiter_bytes():
+                for data in decoder.feed(raw):
+                    if await self._event(data):
+                        done = True
+                        break
+                if done:
                     break
-                if chunk_has_usage(data):
-                    chunk = parse_chunk(data)
-                    if chunk is not None:
-                        call.usage = usage_from_dict(chunk.get("usage"))
-                        if "error" in chunk:
-                            self.saw_error_event = True
-                        if hide_usage and not chunk.get("choices"):
-                            continue
-                elif data.startswith('{"error"'):
-                    self.saw_error_event = True
-                else:
-                    self.completion_chars += content_chars(data)
-                if chunk_hooks:
-                    gateway.pipeline.on_chunk(call, data)
-                if "\n" in data:  # multi-line data keeps one "data:" field per line
-                    data = data.replace("\n", "\ndata: ")
-                await send(
-                    {"type": "http.response.body", "body": b"data: " + data.encode() + b"\n\n", "more_body": True}
-                )
-                self.last_write = time.monotonic()
-        except (httpx.HTTPError, SSEError) as exc:
+        except EventTooLarge:
+            raise upstream_error(
+                f"The upstream sent an event larger than the gateway relays ({MAX_EVENT_BYTES} bytes)."
+            ) from None
+        except httpx.HTTPError as exc:
             if is_timeout(exc):
                 raise upstream_timeout("The upstream stopped sending before the answer was complete.") from None
             raise upstream_error(f"The upstream stream failed: {type(exc).__name__}.") from None
         finally:
             await response.aclose()
-        if done:
-            self.finished = True
-            call.status = 200
-            await self._end(DONE)
-        elif self.saw_error_event:
-            self.finished = True
-            call.status = 502
-            await self._end(b"", upstream_error("The upstream reported an error in the stream."))
-        else:
+        if not done:
             raise upstream_error("The upstream closed the stream before it was complete.")
+        self.finished = True
+        call.status = 200
+        await self._end(DONE)
+
+    async def _event(self, data: str) -> bool:
+        """Relay one upstream event; True once the stream is done."""
+        if not data:
+            return False
+        if data == "[DONE]":
+            return True
+        call = self.call
+        chunk = decode_chunk(data)
+        if chunk is None:
+            raise upstream_error("The upstream sent an event that is not a JSON object.")
+        if "error" in chunk:
+            raise self.gateway.upstream_error_event(call, chunk)
+        usage = chunk.get("usage")
+        chars = 0
+        if usage is not None:
+            call.usage = usage_from_dict(usage)
+            if not self.client_wants_usage and not chunk.get("choices"):
+                return False  # the usage chunk the gateway asked for, hidden from this client
+        else:
+            chars = delta_chars(chunk)
+        if self.gateway.pipeline.chunk_hooks:
+            self.gateway.pipeline.on_chunk(call, data)
+        if "\n" in data:  # multi-line data keeps one "data:" field per line
+            data = data.replace("\n", "\ndata: ")
+        self.sending = True
+        try:
+            await self.send({"type": "http.response.body", "body": b"data: " + data.encode() + b"\n\n",
+                             "more_body": True})
+        finally:
+            self.sending = False
+        self.completion_chars += chars  # relayed: charged if the upstream reports no usage
+        self.last_write = time.monotonic()
+        return False
 
     async def _start(self, status: int, headers: list[tuple[bytes, bytes]] | None = None) -> None:
         if self.started:
@@ -166,6 +291,8 @@ class StreamRelay:
 
     async def _end(self, body: bytes, error: GatewayError | None = None) -> None:
         """The last body message; on Lambda, then the trailers, with ``error`` if the stream failed."""
+        if self.charge_first:
+            await self._settle()
         await self.send({"type": "http.response.body", "body": body, "more_body": False})
         if self.trailers:
             await self.send(
@@ -188,12 +315,19 @@ class StreamRelay:
         await self._end(error.to_sse(), error)
 
     async def _keepalive(self) -> None:
-        """Send SSE comments while the upstream is silent, so idle time-outs on the way don't fire."""
+        """Send SSE comments while the upstream is silent, so idle time-outs on the way don't fire.
+
+        Not while an event is being written: a slow reader then holds the
+        relay in its write, and a comment would only queue behind it.
+        """
         interval = self.gateway.settings.keepalive_seconds
         while True:
             await anyio.sleep(max(0.0, self.last_write + interval - time.monotonic()))
             if self.finished:
                 return
+            if self.sending:
+                await anyio.sleep(interval)
+                continue
             if time.monotonic() - self.last_write >= interval:
                 self.last_write = time.monotonic()
                 await self._start(200)
@@ -205,16 +339,10 @@ class StreamRelay:
             if message["type"] == "http.disconnect":
                 if not self.finished:
                     self.call.state["client_disconnected"] = True
+                    self.call.status = 499
                     self.finished = True
                 scope.cancel()
                 return
-
-    def _estimate_usage(self) -> None:
-        call = self.call
-        prompt = estimate_prompt_tokens(call.body)
-        completion = estimate_tokens(self.completion_chars)
-        call.usage = TokenUsage(prompt, completion, prompt + completion)
-        call.usage_estimated = True
 
 
 def lambda_error_trailers(error: GatewayError | None) -> list[tuple[bytes, bytes]]:

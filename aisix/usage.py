@@ -9,7 +9,6 @@ always marked as such (`Call.usage_estimated`).
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from .hooks.base import TokenUsage
@@ -50,48 +49,18 @@ def usage_from_dict(raw: Any) -> TokenUsage | None:
     return TokenUsage(prompt, completion, total)
 
 
-def chunk_has_usage(data: str) -> bool:
-    """Whether a chunk carries a non-null ``usage``, decided without parsing JSON.
-
-    Streams with ``include_usage`` put ``"usage":null`` in every chunk but the
-    last; only that last one is worth a ``json.loads``. A ``"usage"`` inside
-    message text is escaped (``\\"usage\\"``) and does not match.
-    """
-    at = data.find('"usage"')
-    if at == -1:
-        return False
-    at = data.find(":", at + 7) + 1
-    while data[at : at + 1] == " ":
-        at += 1
-    return not data.startswith("null", at)
-
-
-def parse_chunk(data: str) -> dict[str, Any] | None:
-    try:
-        chunk = json.loads(data)
-    except ValueError:
-        return None
-    return chunk if isinstance(chunk, dict) else None
-
-
-def content_chars(data: str) -> int:
-    """Length of a chunk's ``delta.content`` string, found without parsing JSON.
-
-    Only feeds the estimate used when an upstream reports no usage, so an
-    escaped character counting as two is fine.
-    """
-    at = data.find('"content":')
-    if at == -1:
-        return 0
-    at += 10
-    while data[at : at + 1] == " ":
-        at += 1
-    if data[at : at + 1] != '"':
-        return 0  # null
-    end = data.find('"', at + 1)
-    while end != -1 and data[end - 1] == "\\":
-        end = data.find('"', end + 1)
-    return 0 if end == -1 else end - at - 1
+def delta_chars(chunk: dict[str, Any]) -> int:
+    """Characters of text a stream chunk adds (``choices[].delta.content``), for the estimate."""
+    chars = 0
+    choices = chunk.get("choices")
+    if isinstance(choices, list):
+        for choice in choices:
+            delta = choice.get("delta") if isinstance(choice, dict) else None
+            if isinstance(delta, dict):
+                content = delta.get("content")
+                if isinstance(content, str):
+                    chars += len(content)
+    return chars
 
 
 def completion_chars(response: dict[str, Any]) -> int:

@@ -9,6 +9,34 @@ through untouched)::
               "status": 500, "reject_stream_options": true, "first_byte_delay": 2,
               "not_sse": true, "no_done": true, "malformed_after": 2, "huge_chunk": 1000000}}
 
+Fault modes, for the fault tests (docs/faults.md):
+
+``id``
+    Record this call's life under this name in ``MockUpstream.calls`` (and at
+    ``GET /_mock/calls/<id>``): when it arrived, when its first byte left,
+    when the gateway hung up on it (``disconnected``), when it finished, how
+    many bytes and events it sent. With an ``id`` the mock watches for the
+    gateway going away and stops producing, as a real upstream does.
+``first_byte_delay``
+    Seconds before the response starts (a time-out before the first byte).
+``stall_after``
+    Stream this many words, then fall silent (for ``stall`` seconds, default 60).
+``fail_after``
+    Stream this many words, then drop the connection (no final chunk).
+``malformed_after`` / ``malformed``
+    Before word n, send an event whose data is ``malformed`` (default ``{not json``).
+``error_event_after``
+    After n words, send ``data: {"error": {...}}`` (with ``message``) and end.
+``huge_chunk`` / ``chunk_bytes``
+    The first word's content is ``huge_chunk`` characters long; with
+    ``chunk_bytes`` every word's is.
+``not_sse``
+    Answer a streamed request with a JSON completion (``"text"``: with plain text).
+``status`` / ``message``
+    Refuse with this HTTP status and an OpenAI error (429 carries ``Retry-After: 7``).
+``headers``
+    Extra response headers, e.g. hop-by-hop ones, to check what the gateway forwards.
+
 ``GET /_mock/requests`` returns the requests it received (headers and
 bodies), so tests can see exactly what the gateway sent upstream.
 
@@ -35,11 +63,30 @@ STORY = (
 ).split(" ")
 
 
+class CallRecord:
+    """What happened to one call that carried ``mock.id`` (times are ``time.monotonic()``)."""
+
+    __slots__ = ("received", "first_byte", "disconnected", "finished", "sent_bytes", "events", "gone")
+
+    def __init__(self) -> None:
+        self.received = time.monotonic()
+        self.first_byte: float | None = None
+        self.disconnected: float | None = None
+        self.finished: float | None = None
+        self.sent_bytes = 0
+        self.events = 0
+        self.gone = asyncio.Event()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__slots__ if name != "gone"}
+
+
 class MockUpstream:
     def __init__(self, delay: float = 0.0, words: int = 20) -> None:
         self.default_delay = delay
         self.default_words = words
         self.requests: list[dict[str, Any]] = []
+        self.calls: dict[str, CallRecord] = {}
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -54,27 +101,52 @@ class MockUpstream:
             return
         if path == "/_mock/requests" and method == "DELETE":
             self.requests.clear()
+            self.calls.clear()
             await _send_json(send, 200, {})
+            return
+        if path.startswith("/_mock/calls/") and method == "GET":
+            record = self.calls.get(path[len("/_mock/calls/"):])
+            await _send_json(send, 200 if record else 404, record.as_dict() if record else {})
             return
         if path.endswith("/chat/completions") and method == "POST":
             body = await _read_body(receive)
-            await self.chat(scope, body, send)
+            await self.chat(scope, body, receive, send)
             return
         await _send_json(send, 404, _error("not found", "invalid_request_error"))
 
-    async def chat(self, scope: dict[str, Any], raw: bytes, send: Any) -> None:
+    async def chat(self, scope: dict[str, Any], raw: bytes, receive: Any, send: Any) -> None:
         body = json.loads(raw)
         headers = {k.decode(): v.decode() for k, v in scope["headers"]}
         if len(self.requests) < 1000:
             self.requests.append({"headers": headers, "body": body})
-        options = body.get("mock") or {}
+        options = body.get("mock")
+        if not isinstance(options, dict):
+            options = {}
+        record: CallRecord | None = None
+        watcher: asyncio.Task[None] | None = None
+        if isinstance(options.get("id"), str):
+            record = self.calls[options["id"]] = CallRecord()
+            watcher = asyncio.get_running_loop().create_task(_watch(receive, record))
+            send = _counting(send, record)
+        try:
+            await self._answer(body, options, record, send)
+        finally:
+            if record is not None:
+                record.finished = time.monotonic()
+            if watcher is not None:
+                watcher.cancel()
+
+    async def _answer(self, body: dict[str, Any], options: dict[str, Any], record: CallRecord | None,
+                      send: Any) -> None:
+        extra_headers = [(str(k).encode(), str(v).encode()) for k, v in (options.get("headers") or {}).items()]
         if options.get("first_byte_delay"):
-            await asyncio.sleep(options["first_byte_delay"])
+            if await _sleep(float(options["first_byte_delay"]), record):
+                return
         status = options.get("status")
         if status:
             extra = [(b"retry-after", b"7")] if status == 429 else []
             message = options.get("message", f"mock failure {status}")
-            await _send_json(send, status, _error(message, "mock_error", code="mock"), extra)
+            await _send_json(send, status, _error(message, "mock_error", code="mock"), extra + extra_headers)
             return
         stream = body.get("stream") is True
         if stream and "stream_options" in body and options.get("reject_stream_options"):
@@ -84,29 +156,40 @@ class MockUpstream:
                        param="stream_options"),
             )
             return
-        words = STORY * (1 + int(options.get("words", self.default_words)) // len(STORY))
-        words = words[: int(options.get("words", self.default_words))]
-        prompt_tokens = sum(len(str(m.get("content", ""))) for m in body.get("messages", [])) // 4 + 1
+        count = int(options.get("words", self.default_words))
+        words = (STORY * (1 + count // len(STORY)))[:count]
+        messages = body.get("messages") if isinstance(body.get("messages"), list) else []
+        prompt_tokens = sum(len(str(m.get("content", ""))) for m in messages if isinstance(m, dict)) // 4 + 1
         model = body.get("model", "mock")
-        if not stream or options.get("not_sse"):
-            await _send_json(send, 200, _completion(model, " ".join(words), prompt_tokens, len(words)))
+        if options.get("not_sse") == "text":
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"text/plain"), *extra_headers]})
+            await send({"type": "http.response.body", "body": " ".join(words).encode()})
             return
-        await self.stream(body, options, words, prompt_tokens, model, send)
+        if not stream or options.get("not_sse"):
+            await _send_json(send, 200, _completion(model, " ".join(words), prompt_tokens, len(words)), extra_headers)
+            return
+        await self.stream(body, options, words, prompt_tokens, model, send, record, extra_headers)
 
     async def stream(
         self, body: dict[str, Any], options: dict[str, Any], words: list[str],
-        prompt_tokens: int, model: str, send: Any,
+        prompt_tokens: int, model: str, send: Any, record: CallRecord | None = None,
+        extra_headers: list[tuple[bytes, bytes]] = [],
     ) -> None:
         await send({
             "type": "http.response.start", "status": 200,
-            "headers": [(b"content-type", b"text/event-stream; charset=utf-8")],
+            "headers": [(b"content-type", b"text/event-stream; charset=utf-8"), *extra_headers],
         })
         delay = float(options.get("delay", self.default_delay))
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        stream_options = body.get("stream_options")
+        include_usage = isinstance(stream_options, dict) and bool(stream_options.get("include_usage"))
         send_usage = include_usage and options.get("usage", True)
         cid, created = "chatcmpl-mock" + uuid.uuid4().hex[:20], int(time.time())
         fail_after = options.get("fail_after")
+        stall_after = options.get("stall_after")
         malformed_after = options.get("malformed_after")
+        error_after = options.get("error_event_after")
+        chunk_bytes = int(options.get("chunk_bytes") or 0)
 
         async def event(choices: list[Any], usage: Any = ...) -> None:
             chunk: dict[str, Any] = {
@@ -121,14 +204,28 @@ class MockUpstream:
         await event([{"index": 0, "delta": {"role": "assistant", "content": "", "refusal": None},
                       "logprobs": None, "finish_reason": None}])
         for index, word in enumerate(words):
+            if record is not None and record.disconnected is not None:
+                return  # the gateway hung up: stop generating
             if fail_after is not None and index >= fail_after:
                 raise RuntimeError("mock upstream failing mid-stream, as asked")
+            if stall_after is not None and index >= stall_after:
+                await _sleep(float(options.get("stall", 60)), record)
+                return
+            if error_after is not None and index >= error_after:
+                error = _error(options.get("message", "mock upstream error mid-stream"), "server_error")
+                await send({"type": "http.response.body", "body": b"data: " + json.dumps(error).encode() + b"\n\n",
+                            "more_body": True})
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return
             if malformed_after is not None and index == malformed_after:
-                await send({"type": "http.response.body", "body": b"data: {not json\n\n", "more_body": True})
-            if delay:
-                await asyncio.sleep(delay)
+                bad = str(options.get("malformed", "{not json")).encode()
+                await send({"type": "http.response.body", "body": b"data: " + bad + b"\n\n", "more_body": True})
+            if delay and await _sleep(delay, record):
+                return
             text = word if index == 0 else " " + word
-            if options.get("huge_chunk") and index == 0:
+            if chunk_bytes:
+                text = (text * (1 + chunk_bytes // len(text)))[:chunk_bytes]
+            elif options.get("huge_chunk") and index == 0:
                 text = "x" * int(options["huge_chunk"])
             await event([{"index": 0, "delta": {"content": text}, "logprobs": None, "finish_reason": None}])
         await event([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}])
@@ -138,6 +235,40 @@ class MockUpstream:
         if not options.get("no_done"):
             await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _watch(receive: Any, record: CallRecord) -> None:
+    """Note when the gateway goes away (the body has been read: the next message is the disconnect)."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            record.disconnected = time.monotonic()
+            record.gone.set()
+            return
+
+
+async def _sleep(seconds: float, record: CallRecord | None) -> bool:
+    """Sleep, or stop early when the gateway hangs up; True if it did."""
+    if record is None:
+        await asyncio.sleep(seconds)
+        return False
+    try:
+        await asyncio.wait_for(record.gone.wait(), seconds)
+    except asyncio.TimeoutError:
+        return False
+    return True
+
+
+def _counting(send: Any, record: CallRecord) -> Any:
+    async def counted(message: dict[str, Any]) -> None:
+        await send(message)
+        if message["type"] == "http.response.body" and message.get("body"):
+            if record.first_byte is None:
+                record.first_byte = time.monotonic()
+            record.sent_bytes += len(message["body"])
+            record.events += 1
+
+    return counted
 
 
 def _completion(model: str, text: str, prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:

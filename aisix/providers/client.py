@@ -40,3 +40,24 @@ def is_timeout(exc: Exception) -> bool:
         return False
     cause = exc.__cause__
     return cause is None or isinstance(cause, TimeoutError)
+
+
+# aiohttp's failures to get a connection at all (refused, DNS, TLS, connect or pool time-out),
+# named rather than imported: on Lambda aiohttp is never imported.
+_AIOHTTP_CONNECT_FAILURES = frozenset({"ClientConnectorError", "ConnectionTimeoutError"})
+
+
+def never_sent(exc: Exception) -> bool:
+    """Whether a failed upstream call certainly never reached the upstream.
+
+    True for failures to connect (refused, DNS, connect or pool time-out):
+    the upstream never saw the request, so it used nothing and nothing is
+    charged. Any later failure (a time-out waiting for the answer, a
+    dropped connection) may come after the upstream started working.
+    """
+    if isinstance(exc, (httpx.ConnectError, httpx.PoolTimeout)):
+        return True
+    if isinstance(exc, httpx.ConnectTimeout):
+        cause = exc.__cause__
+        return cause is None or any(k.__name__ in _AIOHTTP_CONNECT_FAILURES for k in type(cause).__mro__)
+    return False

@@ -1,0 +1,1384 @@
+"""The gateway benchmark: ``make bench`` (``python -m bench.run``), results in bench/RESULTS.md.
+
+What it measures, in one run, so that machine noise cancels in the ratios: the gateway's
+cost next to the direct path to the same upstream (bench/fast_upstream.py, a raw
+asyncio server that speaks OpenAI's format), for the local server (uvicorn, one worker,
+uvloop + httptools, started as ``python -m aisix serve``) and for the Lambda streaming
+path (``python -m aisix.lambda_runtime.emulator``, which runs the real runtime loop in a
+subprocess: that subprocess is the gateway measured there).
+
+* CPU of the gateway process per non-streamed request and per relayed chunk, from
+  ``/proc/<pid>/stat``, with auth and rate limiting on (key cache warm; DynamoDB is
+  moto's server, a separate process whose CPU is not counted) and the DynamoDB calls
+  per request, counted by a botocore event handler that bench/instrument/sitecustomize.py
+  registers inside the gateway process (nothing in aisix/ knows of it);
+* added latency (p50, p99 of gateway minus direct) at concurrency 1 and 32, and the added
+  time to first token of a stream;
+* how many slow streams one process relays at once, and the memory each costs;
+* the gap the gateway adds between consecutive chunks, and a check that it never
+  merges events (raw-socket client: events per ``recv`` on a paced stream);
+* cold start: importing ``handler.py`` (which builds the app) in a fresh interpreter
+  with the Lambda settings;
+* a py-spy profile of the hot paths (when py-spy is installed: requirements-bench.txt).
+
+Processes are pinned (``sched_setaffinity``, what ``taskset`` does): the gateway alone on
+core 1; the load generator (this process), the upstream, moto and the emulator on core 0.
+``--no-pin`` leaves placement to the scheduler.
+
+``--smoke`` runs every section briefly (< 60 s) for tests/test_bench_smoke.py; give it
+``--out`` in a temporary folder so bench/RESULTS.md is left alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+from .load import Response, build_request, closed_loop, connect, percentile
+from .procs import Meter, Proc, children, cpu_model, cpu_seconds, free_port, pin, rss_kb
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+DEFAULT_OUT = BENCH / "RESULTS.md"
+MODEL = "bench-model"
+UPSTREAM_KEY = "sk-bench-upstream"
+GATEWAY_CORE = {1}
+THINK = 0.03  # s between calls where a Lambda instance must be idle when the next call comes
+TOOLS_CORE = {0}
+SECTIONS = (
+    "Summary",
+    "Setup",
+    "Non-streamed requests (uvicorn)",
+    "Streamed requests (uvicorn)",
+    "Chunk gaps and merging (uvicorn)",
+    "Concurrent streams (uvicorn)",
+    "Lambda streaming path (emulator)",
+    "Cold start",
+    "What limited the run",
+    "Profile (py-spy)",
+)
+MESSAGES = [
+    {"role": "system", "content": "You are a helpful assistant."},
+    {"role": "user", "content": "Say hello to the benchmark, in about twenty words."},
+]
+
+
+@dataclass(frozen=True)
+class Plan:
+    smoke: bool
+    block: float  # seconds of load per measured block
+    reps: int  # direct/gateway block pairs, interleaved
+    warmup: int  # requests before measuring
+    burst_lengths: tuple[int, int]
+    paced_lengths: tuple[int, int]
+    paced_ms: float
+    gap_streams: int
+    gap_chunks: int
+    gap_pace_ms: float
+    stream_levels: tuple[int, ...]
+    stream_pace_ms: float
+    stream_hold: float
+    cold_runs: int
+    profile_seconds: float
+    lambda_block: float
+    lambda_reps: int
+
+
+FULL = Plan(
+    smoke=False, block=2.0, reps=3, warmup=300,
+    burst_lengths=(100, 1000), paced_lengths=(100, 1000), paced_ms=1.0,
+    gap_streams=5, gap_chunks=200, gap_pace_ms=2.0,
+    stream_levels=(250, 500, 1000, 1500, 2000), stream_pace_ms=200.0, stream_hold=3.0,
+    cold_runs=5, profile_seconds=6.0, lambda_block=2.0, lambda_reps=2,
+)
+SMOKE = Plan(
+    smoke=True, block=0.3, reps=1, warmup=20,
+    burst_lengths=(100, 200), paced_lengths=(100, 150), paced_ms=1.0,
+    gap_streams=1, gap_chunks=100, gap_pace_ms=2.0,
+    stream_levels=(20, 40), stream_pace_ms=200.0, stream_hold=1.0,
+    cold_runs=1, profile_seconds=0.0, lambda_block=0.4, lambda_reps=1,
+)
+
+
+# --------------------------------------------------------------------------- report
+
+
+@dataclass
+class Target:
+    what: str
+    target: str
+    measured: str
+    ok: bool | None  # None: not measured
+
+
+@dataclass
+class Report:
+    plan: Plan
+    sections: dict[str, list[str]] = field(default_factory=dict)
+    targets: list[Target] = field(default_factory=list)
+    ratios: list[tuple[str, str]] = field(default_factory=list)
+    limits: list[tuple[str, dict[str, float], str]] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    def add(self, section: str, *lines: str) -> None:
+        self.sections.setdefault(section, []).extend(lines)
+
+    def target(self, what: str, target: str, measured: str, ok: bool | None) -> None:
+        self.targets.append(Target(what, target, measured, ok))
+
+    def limit(self, phase: str, meter: Meter, load_wall: float | None = None) -> None:
+        wall = load_wall or meter.wall
+        util = {name: meter.cpu(name) / wall for name in meter.pids} if wall > 0 else {}
+        self.limits.append((phase, util, verdict(phase, util)))
+
+    def render(self, started: float) -> str:
+        out = ["# AISIX benchmark results", ""]
+        out.append(
+            f"Written by `{'python -m bench.run --smoke' if self.plan.smoke else 'make bench'}` on "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}, in {time.monotonic() - started:.0f} s. "
+            + ("**SMOKE MODE: blocks too short for the numbers to mean anything.**" if self.plan.smoke else
+               "Timings are of this machine and this run; the ratios to the direct path are what carry over.")
+        )
+        out.append("")
+        out.append("Run it: `make bench` (≈ 4 min; installs requirements-bench.txt), or `.venv/bin/python -m bench.run "
+                   "[--only nonstream,stream,gaps,profile,streams,lambda,cold] [--no-pin] [--out FILE]`. What each "
+                   "number means is said in its section below; the code is in bench/.")
+        out.append("")
+        summary = ["| what | target | measured | |", "|---|---|---|---|"]
+        for t in self.targets:
+            if t.ok is not None or t.target not in ("(reported)",):
+                mark = "–" if t.ok is None else ("**pass**" if t.ok else "**miss**")
+                summary.append(f"| {t.what} | {t.target} | {t.measured} | {mark} |")
+        reported = [t for t in self.targets if t.ok is None and t.target == "(reported)"]
+        if reported:
+            summary += ["", "Also measured (no target):", "", "| what | measured |", "|---|---|"]
+            summary += [f"| {t.what} | {t.measured} |" for t in reported]
+        if self.ratios:
+            summary += ["", "Ratios to the direct path (same upstream, same run):", "",
+                        "| what | gateway ÷ direct |", "|---|---|"]
+            summary += [f"| {what} | {value} |" for what, value in self.ratios]
+        if self.failures:
+            summary += ["", "**Failures in this run:**", ""] + [f"- {f}" for f in self.failures]
+        self.sections["Summary"] = summary + self.sections.get("Summary", [])
+        limits = self.sections.setdefault("What limited the run", [])
+        if self.limits:
+            merged: dict[str, list[dict[str, float]]] = {}
+            for phase, util, _ in self.limits:  # repetitions of a phase: averaged
+                merged.setdefault(phase, []).append(util)
+            self.limits = []
+            for phase, utils in merged.items():
+                avg = {n: sum(u.get(n, 0.0) for u in utils) / len(utils) for n in utils[0]}
+                self.limits.append((phase, avg, verdict(phase, avg)))
+            names = sorted({n for _, u, _ in self.limits for n in u})
+            head = "| phase | " + " | ".join(f"{n} CPU" for n in names) + " | limited by |"
+            limits[:0] = [
+                "CPU of each process as a share of one core while the load ran "
+                "(gateway pinned alone on core 1; the others share core 0 unless `--no-pin`).",
+                "",
+                head,
+                "|" + "---|" * (len(names) + 2),
+            ] + [
+                "| " + phase + " | " + " | ".join(f"{u.get(n, 0) * 100:.0f}%" if n in u else "–" for n in names)
+                + f" | {why} |"
+                for phase, u, why in self.limits
+            ] + [""]
+            peak = max((u.get("load generator", 0.0) for _, u, _ in self.limits), default=0.0)
+            limits.append(f"The load generator (this process) used at most {peak * 100:.0f}% of a core in any phase, "
+                          "so it did not limit the run; the direct path, whose load generator and upstream share "
+                          "core 0, is limited by that core, which if anything makes the direct numbers (and so the "
+                          "ratios) conservative.")
+            limits.append("")
+        for name in SECTIONS:
+            out.append(f"## {name}")
+            out.append("")
+            body = self.sections.get(name) or ["skipped: this section did not run"]
+            out.extend(body)
+            out.append("")
+        return "\n".join(out).rstrip() + "\n"
+
+
+def verdict(phase: str, util: dict[str, float]) -> str:
+    gateway = max((v for k, v in util.items() if k.startswith("gateway")), default=0.0)
+    tools = {k: v for k, v in util.items() if not k.startswith("gateway")}
+    core0 = sum(tools.values())
+    if gateway >= 0.85:
+        return "the gateway's core (what is measured)"
+    if util.get("load generator", 0.0) >= 0.85:
+        return "the load generator's CPU"
+    if core0 >= 0.85:
+        top = sorted(tools, key=lambda k: -tools[k])[:2]
+        return f"core 0, shared by the tools ({' + '.join(f'{k} {tools[k] * 100:.0f}%' for k in top)})"
+    if "paced" in phase or "concurrent streams" in phase:
+        waits = "the upstream's pace (streams wait for their chunks)"
+    elif re.search(r"c=1\b", phase):
+        waits = "round trips of one client at a time"
+    else:
+        waits = "waits, not CPU"
+    if util.get("moto", 0.0) >= 0.05:
+        waits += " (incl. DynamoDB calls to moto)"
+    return f"no core saturated (gateway {gateway * 100:.0f}%): {waits}"
+
+
+def fmt_ms(value: float) -> str:
+    if value != value:  # nan
+        return "–"
+    return f"{value:.2f} ms" if abs(value) < 100 else f"{value:.0f} ms"
+
+
+def fmt_us(value: float) -> str:
+    if value != value:
+        return "–"
+    return f"{value:.1f} µs" if abs(value) < 100 else f"{value:.0f} µs"
+
+
+def ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}×" if b and a == a and b == b else "–"
+
+
+# --------------------------------------------------------------------------- context
+
+
+@dataclass
+class Endpoint:
+    name: str
+    port: int
+    raw_plain: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def request(self, body: dict[str, Any]) -> bytes:
+        return build_request("127.0.0.1", self.port, "/v1/chat/completions",
+                             json.dumps(body, separators=(",", ":")).encode(), self.headers)
+
+
+@dataclass
+class Context:
+    plan: Plan
+    report: Report
+    tmp: Path
+    env: dict[str, str]
+    pin_cores: bool
+    procs: dict[str, Proc] = field(default_factory=dict)
+    secret: str = ""
+    upstream: Endpoint | None = None
+    moto_url: str = ""
+    ddb_per_request: dict[int, str] = field(default_factory=dict)
+    only: set[str] | None = None
+    moto_idle: bool = False
+
+    def cores(self, which: set[int]) -> set[int] | None:
+        return which if self.pin_cores else None
+
+    def gateway_env(self, tag: str, **extra: str) -> dict[str, str]:
+        env = dict(self.env)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(BENCH / "instrument"), env.get("PYTHONPATH")) if p)
+        env["AISIX_BENCH_DDB_COUNTS"] = str(self.tmp / f"ddb-{tag}.json")
+        env["AISIX_BENCH_NOFILE"] = "1"
+        env.update(extra)
+        return env
+
+    def ddb_counts(self, tag: str) -> dict[str, Any]:
+        try:
+            return json.loads((self.tmp / f"ddb-{tag}.json").read_text())
+        except (OSError, ValueError):
+            return {"calls": {}, "sends": 0}
+
+
+def ddb_delta(before: dict[str, Any], after: dict[str, Any]) -> tuple[dict[str, int], int]:
+    calls = {op: n - before["calls"].get(op, 0) for op, n in after["calls"].items()}
+    return {op: n for op, n in calls.items() if n}, after["sends"] - before["sends"]
+
+
+def ddb_text(calls: dict[str, int], sends: int, requests: int) -> str:
+    if requests <= 0:
+        return "–"
+    total = sum(calls.values())
+    by_op = ", ".join(f"{op} {n / requests:.3f}" for op, n in sorted(calls.items())) or "none"
+    return f"{total / requests:.3f} per request ({by_op}; HTTP attempts {sends / requests:.3f})"
+
+
+def body(stream: bool = False, **bench: Any) -> dict[str, Any]:
+    b: dict[str, Any] = {"model": MODEL, "messages": MESSAGES, "bench": bench or {"words": 20}}
+    if stream:
+        b["stream"] = True
+    return b
+
+
+# --------------------------------------------------------------------------- setup
+
+
+def clean_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower() and not k.startswith("AISIX_")}
+    env.update(
+        AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_REGION="us-east-1",
+        AWS_DEFAULT_REGION="us-east-1", PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="",
+    )
+    env.pop("PYTHONDONTWRITEBYTECODE")
+    return env
+
+
+def start_tools(ctx: Context) -> None:
+    py = sys.executable
+    moto_port, up_port = free_port(), free_port()
+    moto = Proc("moto", [py, "-m", "moto.server", "-p", str(moto_port)], ctx.env, ctx.tmp / "moto.log",
+                cwd=str(ROOT), cores=ctx.cores(TOOLS_CORE)).start()
+    ctx.procs["moto"] = moto
+    try:  # DynamoDB stands for a remote service: moto never takes core 0 from the load generator or upstream
+        os.sched_setscheduler(moto.pid, os.SCHED_IDLE, os.sched_param(0))
+        ctx.moto_idle = True
+    except (AttributeError, OSError):
+        pass
+    upstream = Proc("upstream", [py, "-m", "bench.fast_upstream", "--port", str(up_port)], ctx.env,
+                    ctx.tmp / "upstream.log", cwd=str(ROOT), cores=ctx.cores(TOOLS_CORE)).start()
+    ctx.procs["upstream"] = upstream
+    ctx.moto_url = f"http://127.0.0.1:{moto_port}"
+    moto.wait_http(ctx.moto_url + "/moto-api/")
+    upstream.wait_http(f"http://127.0.0.1:{up_port}/health")
+    ctx.upstream = Endpoint("direct", up_port, headers={"authorization": f"Bearer {UPSTREAM_KEY}"})
+    ctx.env.update(
+        AISIX_CONFIG=str(BENCH / "models.yaml"),
+        AISIX_DYNAMODB_ENDPOINT=ctx.moto_url,
+        AISIX_KEYS_TABLE="bench-keys",
+        AISIX_COUNTERS_TABLE="bench-counters",
+        AISIX_BENCH_UPSTREAM=f"http://127.0.0.1:{up_port}/v1",
+        AISIX_BENCH_UPSTREAM_KEY=UPSTREAM_KEY,
+    )
+    # Tables and a key, the way an operator makes them (aisix.auth.issue_key), with limits
+    # high enough never to refuse: rate limiting runs on every call but never says no.
+    saved = dict(os.environ)
+    os.environ.update({k: v for k, v in ctx.env.items() if k.startswith(("AWS_", "AISIX_"))})
+    try:
+        from aisix.auth import issue_key
+        from aisix.config import Settings
+        from aisix.store import Store, make_client
+
+        settings = Settings.from_env()
+        store = Store(make_client(settings.dynamodb_endpoint, settings.region), settings.keys_table,
+                      settings.counters_table)
+        store.create_tables()
+        ctx.secret, _ = issue_key(store, "bench", frozenset({MODEL}), rpm=1_000_000_000, tpm=1_000_000_000_000)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def start_gateway(ctx: Context, tag: str, **extra_env: str) -> tuple[Proc, Endpoint]:
+    port = free_port()
+    proc = Proc(
+        f"gateway-{tag}",
+        [sys.executable, "-m", "aisix", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        ctx.gateway_env(tag, **extra_env), ctx.tmp / f"gateway-{tag}.log", cwd=str(ROOT),
+        cores=ctx.cores(GATEWAY_CORE),
+    ).start()
+    ctx.procs[f"gateway-{tag}"] = proc
+    proc.wait_http(f"http://127.0.0.1:{port}/health")
+    return proc, Endpoint("gateway", port, headers={"authorization": f"Bearer {ctx.secret}"})
+
+
+def pids(ctx: Context, gateway: Proc, *extra: str) -> dict[str, int]:
+    found = {"gateway": gateway.pid, "upstream": ctx.procs["upstream"].pid, "moto": ctx.procs["moto"].pid}
+    for name in extra:
+        found[name] = ctx.procs[name].pid
+    return found
+
+
+def check(resps: list[Response], stream_chunks: int | None = None) -> tuple[list[Response], list[str]]:
+    """The answers that are complete and right, and a note on each kind of failure."""
+    good, bad = [], Counter()
+    for r in resps:
+        if r.error or r.status != 200:
+            bad[r.error or f"HTTP {r.status}"] += 1
+        elif stream_chunks is not None and (not r.done or r.events < stream_chunks + 2):
+            bad[f"stream incomplete ({r.events} events, done={r.done})"] += 1
+        else:
+            good.append(r)
+    return good, [f"{n}× {what}" for what, n in bad.items()]
+
+
+# --------------------------------------------------------------------------- sections
+
+
+async def warm(ctx: Context, endpoint: Endpoint, n: int) -> None:
+    await closed_loop("127.0.0.1", endpoint.port, endpoint.request(body()), 8, duration=30, max_requests=n)
+    await closed_loop("127.0.0.1", endpoint.port, endpoint.request(body(True, chunks=100)), 4,
+                      duration=30, max_requests=max(4, n // 10), sse=True)
+
+
+async def measure_block(
+    ctx: Context, endpoint: Endpoint, raw: bytes, conc: int, duration: float, pid_map: dict[str, int],
+    *, sse: bool = False, stamps: bool = False, chunks: int | None = None, max_requests: int = 10**9,
+    ddb_tag: str | None = None, settle: float = 0.4, think: float = 0.0,
+) -> dict[str, Any]:
+    before = ctx.ddb_counts(ddb_tag) if ddb_tag else None
+    meter = Meter(pid_map).start()
+    t0 = time.monotonic()
+    resps = await closed_loop("127.0.0.1", endpoint.port, raw, conc, duration=duration,
+                              max_requests=max_requests, sse=sse, keep_stamps=stamps, think=think)
+    load_wall = time.monotonic() - t0
+    await asyncio.sleep(settle)  # post-call work (token charges) of the last answers
+    meter.stop()
+    good, errors = check(resps, chunks)
+    out: dict[str, Any] = {"meter": meter, "wall": load_wall, "good": good, "errors": errors, "n": len(good)}
+    if ddb_tag:
+        await asyncio.sleep(0.25)
+        out["ddb"] = ddb_delta(before, ctx.ddb_counts(ddb_tag))  # type: ignore[arg-type]
+    return out
+
+
+def note_errors(ctx: Context, section: str, what: str, errors: list[str]) -> None:
+    if errors:
+        ctx.report.add(section, f"- **errors in {what}:** {', '.join(errors)}")
+        ctx.report.failures.append(f"{section}: {what}: {', '.join(errors)}")
+
+
+async def section_nonstream(ctx: Context, gateway: Proc, gw: Endpoint) -> None:
+    s = "Non-streamed requests (uvicorn)"
+    plan, up = ctx.plan, ctx.upstream
+    assert up is not None
+    pid_map = pids(ctx, gateway)
+    raw_gw, raw_up = gw.request(body()), up.request(body())
+    ctx.report.add(
+        s,
+        "Closed loop: each client connection sends the next request when the last answer has ended. "
+        f"Blocks of {plan.block:g} s, direct and gateway interleaved ×{plan.reps}. Key cache warm "
+        "(production default `AISIX_KEY_CACHE_SECONDS=10`), RPM/TPM limits on the key, never reached. "
+        "CPU = gateway process `utime+stime` ÷ answered requests (post-call work of the last ones included).",
+        "",
+        "| concurrency | path | requests | req/s | p50 | p99 | added p50 | added p99 | p50 ratio | gateway CPU / request | upstream CPU / request |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    )
+    for conc in (1, 32):
+        lat = {"direct": [], "gateway": []}
+        n = {"direct": 0, "gateway": 0}
+        wall = {"direct": 0.0, "gateway": 0.0}
+        cpu_gw = sys_gw = cpu_up_direct = 0.0
+        calls: Counter[str] = Counter()
+        sends = 0
+        for _ in range(plan.reps):
+            d = await measure_block(ctx, up, raw_up, conc, plan.block, pid_map, settle=0.1)
+            g = await measure_block(ctx, gw, raw_gw, conc, plan.block, pid_map, ddb_tag="uvicorn", settle=0.5)
+            for key, block in (("direct", d), ("gateway", g)):
+                lat[key] += [r.latency_ms for r in block["good"]]
+                n[key] += block["n"]
+                wall[key] += block["wall"]
+                note_errors(ctx, s, f"{key} c={conc}", block["errors"])
+            cpu_gw += g["meter"].cpu("gateway")
+            sys_gw += g["meter"].system("gateway")
+            cpu_up_direct += d["meter"].cpu("upstream")
+            calls.update(g["ddb"][0])
+            sends += g["ddb"][1]
+            ctx.report.limit(f"non-streamed c={conc}, direct", d["meter"], d["wall"])
+            ctx.report.limit(f"non-streamed c={conc}, gateway", g["meter"], g["wall"])
+        p50d, p99d = percentile(lat["direct"], 50), percentile(lat["direct"], 99)
+        p50g, p99g = percentile(lat["gateway"], 50), percentile(lat["gateway"], 99)
+        cpu_req = cpu_gw / n["gateway"] * 1000 if n["gateway"] else float("nan")
+        up_req = cpu_up_direct / n["direct"] * 1000 if n["direct"] else float("nan")
+        sys_req = sys_gw / n["gateway"] * 1000 if n["gateway"] else float("nan")
+        ctx.report.add(
+            s,
+            f"| {conc} | direct | {n['direct']} | {n['direct'] / wall['direct']:.0f} | {fmt_ms(p50d)} | {fmt_ms(p99d)} "
+            f"| | | | | {fmt_ms(up_req)} |",
+            f"| {conc} | gateway | {n['gateway']} | {n['gateway'] / wall['gateway']:.0f} | {fmt_ms(p50g)} | {fmt_ms(p99g)} "
+            f"| {fmt_ms(p50g - p50d)} | {fmt_ms(p99g - p99d)} | {ratio(p50g, p50d)} | {fmt_ms(cpu_req)} "
+            f"(kernel {fmt_ms(sys_req)}) | |",
+        )
+        ctx.report.target(f"gateway CPU per non-streamed request, auth + rate limit, c={conc}", "≤ 1 ms",
+                          fmt_ms(cpu_req), cpu_req <= 1.0)
+        ctx.report.target(f"added latency p50 / p99, non-streamed, c={conc}", "(reported)",
+                          f"{fmt_ms(p50g - p50d)} / {fmt_ms(p99g - p99d)}", None)
+        ctx.report.ratios.append((f"latency p50, non-streamed, c={conc}", ratio(p50g, p50d)))
+        ctx.report.ratios.append((f"throughput, non-streamed, c={conc}",
+                                  ratio(n["gateway"] / wall["gateway"], n["direct"] / wall["direct"])))
+        ctx.report.ratios.append((f"CPU per request, c={conc}: gateway ÷ upstream (a unit of this machine's speed)",
+                                  ratio(cpu_req, up_req)))
+        ctx.ddb_per_request[conc] = ddb_text(dict(calls), sends, n["gateway"])
+    ctx.report.add(s, "", "DynamoDB calls made by the gateway process (counted in it by a botocore event handler):", "")
+    for conc, text in ctx.ddb_per_request.items():
+        ctx.report.add(s, f"- c={conc}: {text}")
+    ctx.report.target("DynamoDB calls per non-streamed request (c=1)", "(reported)",
+                      ctx.ddb_per_request[1].split(" (")[0], None)
+
+
+async def section_stream(ctx: Context, gateway: Proc, gw: Endpoint) -> None:
+    """TTFT (c=1, burst of 100) and CPU per chunk (slope between two stream lengths), burst and paced."""
+    s = "Streamed requests (uvicorn)"
+    plan, up = ctx.plan, ctx.upstream
+    assert up is not None
+    pid_map = pids(ctx, gateway)
+    block = plan.block
+
+    # Time to first token: c=1, 100-chunk burst streams, direct and gateway interleaved.
+    raw_gw, raw_up = gw.request(body(True, chunks=100)), up.request(body(True, chunks=100))
+    ttft = {"direct": [], "gateway": []}
+    for _ in range(plan.reps):
+        d = await measure_block(ctx, up, raw_up, 1, block, pid_map, sse=True, chunks=100, settle=0.05)
+        g = await measure_block(ctx, gw, raw_gw, 1, block, pid_map, sse=True, chunks=100, settle=0.3)
+        ttft["direct"] += [r.ttft_ms for r in d["good"]]
+        ttft["gateway"] += [r.ttft_ms for r in g["good"]]
+        note_errors(ctx, s, "TTFT direct", d["errors"])
+        note_errors(ctx, s, "TTFT gateway", g["errors"])
+    p50d, p99d = percentile(ttft["direct"], 50), percentile(ttft["direct"], 99)
+    p50g, p99g = percentile(ttft["gateway"], 50), percentile(ttft["gateway"], 99)
+    ctx.report.add(
+        s,
+        "Time to first token (first content chunk), c=1, streams of 100 chunks sent as a burst:",
+        "",
+        "| path | streams | p50 | p99 | added p50 | added p99 | p50 ratio |",
+        "|---|---|---|---|---|---|---|",
+        f"| direct | {len(ttft['direct'])} | {fmt_ms(p50d)} | {fmt_ms(p99d)} | | | |",
+        f"| gateway | {len(ttft['gateway'])} | "
+        f"{fmt_ms(p50g)} | {fmt_ms(p99g)} | {fmt_ms(p50g - p50d)} | {fmt_ms(p99g - p99d)} | {ratio(p50g, p50d)} |",
+        "",
+    )
+
+    # CPU per chunk: the slope between two stream lengths removes the per-request cost.
+    modes = [("burst", 0.0, plan.burst_lengths, 4), ("paced", plan.paced_ms, plan.paced_lengths, 16)]
+    ctx.report.add(
+        s,
+        "CPU per relayed chunk = slope of gateway CPU per stream between two stream lengths (so the "
+        "per-request cost drops out); 'all-in' = CPU per stream ÷ chunks for the shorter stream. "
+        "Burst: the upstream writes all events back to back; paced: one event per upstream read, "
+        f"{plan.paced_ms:g} ms apart.",
+        "",
+        "| mode | concurrency | chunks | streams | gateway CPU / stream | upstream CPU / stream (direct) | "
+        "DynamoDB calls / stream |",
+        "|---|---|---|---|---|---|---|",
+    )
+    tag = "uvicorn"
+    for mode, pace, lengths, conc in modes:
+        # Paced numbers move with how the upstream's timers happen to line up: two interleaved rounds.
+        rounds = 1 if plan.smoke or not pace else 2
+        acc: dict[int, dict[str, float]] = {n: Counter() for n in lengths}  # type: ignore[misc]
+        for _ in range(rounds):
+            for length in lengths:
+                opts = {"chunks": length, "pace_ms": pace}
+                expected = block * (2 if pace else 1)
+                d = await measure_block(ctx, up, up.request(body(True, **opts)), conc, expected / rounds, pid_map,
+                                        sse=True, chunks=length, settle=0.05)
+                g = await measure_block(ctx, gw, gw.request(body(True, **opts)), conc, expected, pid_map,
+                                        sse=True, chunks=length, ddb_tag=tag, settle=0.4)
+                note_errors(ctx, s, f"{mode} {length} direct", d["errors"])
+                note_errors(ctx, s, f"{mode} {length} gateway", g["errors"])
+                ctx.report.limit(f"stream {mode} ×{length} c={conc}, gateway", g["meter"], g["wall"])
+                a_ = acc[length]
+                a_["gw"] += g["meter"].cpu("gateway")
+                a_["sys"] += g["meter"].system("gateway")
+                a_["n"] += g["n"]
+                a_["up"] += d["meter"].cpu("upstream")
+                a_["nd"] += d["n"]
+                a_["calls"] += sum(g["ddb"][0].values())
+        per_stream_gw, per_stream_up, per_stream_sys = {}, {}, {}
+        for length in lengths:
+            a_ = acc[length]
+            n, nd = a_["n"] or float("nan"), a_["nd"] or float("nan")
+            per_stream_gw[length], per_stream_up[length] = a_["gw"] / n, a_["up"] / nd
+            per_stream_sys[length] = a_["sys"] / n
+            ctx.report.add(
+                s,
+                f"| {mode} | {conc} | {length} | {a_['n']:.0f} | {fmt_ms(per_stream_gw[length] * 1000)} | "
+                f"{fmt_ms(per_stream_up[length] * 1000)} | {a_['calls'] / n:.2f} |",
+            )
+        l1, l2 = lengths
+        slope = (per_stream_gw[l2] - per_stream_gw[l1]) / (l2 - l1) * 1e6
+        up_slope = (per_stream_up[l2] - per_stream_up[l1]) / (l2 - l1) * 1e6
+        all_in = per_stream_gw[l1] / l1 * 1e6
+        sys_slope = (per_stream_sys[l2] - per_stream_sys[l1]) / (l2 - l1) * 1e6
+        ctx.report.add(
+            s, f"| **{mode}: per chunk** | | | | **{fmt_us(slope)}** (kernel {fmt_us(sys_slope)}; all-in at {l1}: "
+               f"{fmt_us(all_in)}) | "
+               f"{fmt_us(up_slope)} | |",
+        )
+        ctx.report.target(f"gateway CPU per relayed chunk, {mode}"
+                          + (f" ({plan.paced_ms:g} ms apart)" if pace else ""),
+                          "≤ 20 µs", f"{fmt_us(slope)} (all-in {fmt_us(all_in)})", slope <= 20)
+        ctx.report.ratios.append((f"CPU per chunk, {mode}: gateway ÷ upstream", ratio(slope, up_slope)))
+    ctx.report.add(s, "")
+    ctx.report.target("added time to first token, p50, c=1", "≤ 2 ms", fmt_ms(p50g - p50d), p50g - p50d <= 2.0)
+    ctx.report.ratios.append(("time to first token p50, c=1", ratio(p50g, p50d)))
+
+
+def gap_stats(stamps: list[tuple[int, int]]) -> tuple[list[float], list[float]]:
+    """Per-chunk delay (arrival − upstream send) and gap added between consecutive chunks, in µs."""
+    delays = [(arr - sent) / 1000 for arr, sent in stamps]
+    return delays, [b - a for a, b in zip(delays, delays[1:])]
+
+
+@dataclass
+class GapData:
+    delay: list[float] = field(default_factory=list)
+    gap: list[float] = field(default_factory=list)
+    per_unit: Counter[int] = field(default_factory=Counter)  # events per recv (client) or per write (runtime)
+    partial: int = 0
+    lost: int = 0
+
+
+async def collect_gaps(
+    ctx: Context, endpoint: Endpoint, label: str, found: dict[str, GapData],
+    runtime_writes: Callable[[], Awaitable[dict[str, Any]]] | None = None, writes_suffix: str = "",
+) -> None:
+    """Paced streams through ``endpoint``, c=1: per-chunk delays and gaps, events per recv (and per write)."""
+    plan = ctx.plan
+    opts = {"chunks": plan.gap_chunks, "pace_ms": plan.gap_pace_ms}
+    for _ in range(plan.gap_streams):
+        [resp] = await closed_loop("127.0.0.1", endpoint.port, endpoint.request(body(True, **opts)), 1,
+                                   duration=60, max_requests=1, sse=True, keep_stamps=True)
+        d = found.setdefault(label, GapData())
+        d.per_unit.update(resp.recv_events)
+        d.partial += resp.recv_partial
+        d.lost += plan.gap_chunks - len(resp.stamps)
+        delays, gaps = gap_stats(resp.stamps)
+        d.delay += delays
+        d.gap += gaps
+        if runtime_writes is not None:
+            writes = await runtime_writes()
+            d = found.setdefault(label + (writes_suffix or RUNTIME_SIDE), GapData())
+            d.per_unit.update(writes["events_per_chunk"])
+            d.partial += writes["partial_chunks"]
+            d.lost += plan.gap_chunks - len(writes["stamps"])
+            delays, gaps = gap_stats([tuple(x) for x in writes["stamps"]])
+            d.delay += delays
+            d.gap += gaps
+
+
+RUNTIME_SIDE = ", at the runtime API (its own writes)"
+SOCKET_SIDE = ", its own socket writes"
+
+
+def report_gaps(ctx: Context, s: str, found: dict[str, GapData], judged: str, prefix: str = "") -> None:
+    plan = ctx.plan
+    ref = found["direct"]
+    ctx.report.add(
+        s,
+        f"{plan.gap_streams} streams per path of {plan.gap_chunks} chunks, {plan.gap_pace_ms:g} ms apart (every "
+        "event, closing ones included, is its own upstream write), c=1. Each chunk carries its upstream send "
+        "time (CLOCK_MONOTONIC), so delay = arrival − upstream send; gap added = (arrival gap − upstream gap) "
+        "between consecutive chunks; 'added' columns are differences of percentiles with the direct path.",
+        "",
+        "| path | delay p50 | delay p99 | added delay p50 | added delay p99 | gap added p50 | gap added p99 |",
+        "|---|---|---|---|---|---|---|",
+    )
+    for name, d in found.items():
+        p50, p99 = percentile(d.delay, 50), percentile(d.delay, 99)
+        added = "| | " if name == "direct" else (
+            f"| {fmt_us(p50 - percentile(ref.delay, 50))} | {fmt_us(p99 - percentile(ref.delay, 99))} ")
+        ctx.report.add(s, f"| {name} | {fmt_us(p50)} | {fmt_us(p99)} {added}| {fmt_us(percentile(d.gap, 50))} | "
+                          f"{fmt_us(percentile(d.gap, 99))} |")
+    ctx.report.add(
+        s,
+        "",
+        "Events per `recv()` at the client, or per write of the gateway itself: rows 'its own socket writes' "
+        "(uvicorn writes each ASGI body message with one `transport.write`; bench/instrument records them in "
+        "a separate gateway process started for this section) and 'at the runtime API' (each HTTP chunk the "
+        "Lambda runtime wrote, as the emulator recorded it). The upstream writes one event at a time, so more "
+        "than one event in a write means the gateway merged them; at the client, a late `recv` (its core is "
+        "shared) can also find two separately written events. 'Ended mid-event' counts recvs or writes that "
+        "stopped inside an event:",
+        "",
+        "| path | recvs or writes | 1 event | 0 events | >1 event | ended mid-event | chunks lost |",
+        "|---|---|---|---|---|---|---|",
+    )
+    for name, d in found.items():
+        c = d.per_unit
+        ctx.report.add(s, f"| {name} | {sum(c.values())} | {c[1]} | {c[0]} | {sum(v for k, v in c.items() if k > 1)} "
+                          f"| {d.partial} | {d.lost} |")
+    ctx.report.add(s, "")
+    d = found[judged]
+    merged = sum(v for k, v in d.per_unit.items() if k > 1)
+    where = (" (at the runtime API)" if judged.endswith(RUNTIME_SIDE) else
+             " (its socket writes)" if judged.endswith(SOCKET_SIDE) else "")
+    ctx.report.target(f"{prefix}gap added between chunks p50 / p99 (paced {plan.gap_pace_ms:g} ms){where}",
+                      "(reported)", f"{fmt_us(percentile(d.gap, 50))} / {fmt_us(percentile(d.gap, 99))}", None)
+    ctx.report.target(f"{prefix}each upstream event leaves as its own write{where}", "0 merged",
+                      f"{merged} of {sum(d.per_unit.values())} {'writes' if where else 'recvs'} merged; "
+                      f"{d.lost} chunks lost", merged == 0 and d.lost == 0 and d.partial == 0)
+
+
+class SocketWrites:
+    """The SSE writes a gateway started with ``AISIX_BENCH_WRITES`` recorded, one stream at a time."""
+
+    def __init__(self, path: Path, per_stream: int) -> None:
+        self.path = path
+        self.per_stream = per_stream  # role chunk, content chunks, finish chunk, [DONE]
+        self.seen = 0
+
+    def _read(self) -> list[list[int]]:
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return []
+
+    async def __call__(self) -> dict[str, Any]:
+        deadline = time.monotonic() + 3.0
+        data = self._read()
+        while len(data) - self.seen < self.per_stream and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)  # the recorder writes its file every 0.2 s
+            data = self._read()
+        group, self.seen = data[self.seen:], len(data)
+        return {"events_per_chunk": [w[2] for w in group], "partial_chunks": sum(1 for w in group if w[3]),
+                "stamps": [[w[1], w[4]] for w in group if w[4]]}
+
+
+async def section_gaps(ctx: Context) -> None:
+    s = "Chunk gaps and merging (uvicorn)"
+    assert ctx.upstream is not None
+    writes = ctx.tmp / "writes-gaps.json"
+    gateway, gw = start_gateway(ctx, "gaps", AISIX_BENCH_WRITES=str(writes))
+    try:
+        await warm(ctx, gw, 20)
+        await asyncio.sleep(0.5)
+        recorder = SocketWrites(writes, ctx.plan.gap_chunks + 3)
+        recorder.seen = len(recorder._read())
+        found: dict[str, GapData] = {}
+        await collect_gaps(ctx, ctx.upstream, "direct", found)
+        await collect_gaps(ctx, gw, "gateway", found, runtime_writes=recorder, writes_suffix=SOCKET_SIDE)
+        report_gaps(ctx, s, found, "gateway" + SOCKET_SIDE)
+    finally:
+        gateway.stop()
+
+
+def py_spy() -> str | None:
+    return shutil.which("py-spy", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+
+
+async def profile_loads(ctx: Context, pid: int, endpoint: Endpoint, loads: list[tuple[str, bytes, bool, int, int | None]],
+                        where: str) -> None:
+    """py-spy on ``pid`` while each load runs; a summary of each into the profile section."""
+    from .profile import summarize
+
+    s = "Profile (py-spy)"
+    spy = py_spy()
+    assert spy is not None
+    for name, raw, sse, conc, chunks in loads:
+        title = f"{where}: {name}"
+        out = ctx.tmp / f"profile-{re.sub(r'[^a-z0-9]+', '-', title.lower()).strip('-')}.txt"
+        spy_proc = subprocess.Popen(
+            [spy, "record", "--pid", str(pid), "--duration", str(int(ctx.plan.profile_seconds)),
+             "--rate", "250", "--gil", "--format", "raw", "--output", str(out)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        await asyncio.sleep(0.5)
+        meter = Meter({"gateway": pid}).start()
+        resps = await closed_loop("127.0.0.1", endpoint.port, raw, conc, duration=ctx.plan.profile_seconds - 1.0,
+                                  max_requests=10**9, sse=sse)
+        meter.stop()
+        _, err = await asyncio.get_running_loop().run_in_executor(None, spy_proc.communicate)
+        good = [r for r in resps if r.status == 200]
+        unit_cost = meter.cpu("gateway") / max(1, len(good)) / (chunks or 1) * 1e6
+        unit = "chunk (all-in)" if chunks else "request"
+        if not out.exists():
+            ctx.report.add(s, f"### {title}", "", f"py-spy failed: {err.decode(errors='replace')[-500:]}", "")
+            continue
+        ctx.report.add(s, f"### {title}", "", f"CPU of the process during the profile: {fmt_us(unit_cost)} per {unit} "
+                          f"(kernel {meter.system('gateway') / max(1, len(good)) / (chunks or 1) * 1e6:.1f} µs).", "")
+        ctx.report.add(s, *summarize(out.read_text(), unit_cost, unit))
+        ctx.report.add(s, "")
+
+
+def profiling(ctx: Context) -> bool:
+    return not ctx.plan.smoke and py_spy() is not None
+
+
+async def section_profile(ctx: Context, gateway: Proc, gw: Endpoint) -> None:
+    s = "Profile (py-spy)"
+    if ctx.plan.smoke:
+        ctx.report.add(s, "skipped: smoke mode")
+        return
+    if not py_spy():
+        ctx.report.add(s, "skipped: py-spy is not installed (`pip install -r requirements-bench.txt`; `make bench` does)")
+        return
+    ctx.report.add(
+        s,
+        f"py-spy sampling at 250 Hz for {ctx.plan.profile_seconds:g} s per load, with `--gil`: each sample is the "
+        "thread holding the GIL, so shares are of the process's Python-level CPU (event loop and DynamoDB "
+        "threads alike). C code that holds the GIL is charged to the Python frame that called it: on these "
+        "loopback sockets, a `send` syscall also does the receiving side's TCP work, which is why the frame that "
+        "writes to the socket (uvicorn's `RequestResponseCycle.send`) is hot. Raw collapsed stacks: "
+        f"`{ctx.tmp}` (kept until the next run). 'µs' = share × the process CPU per request or per "
+        "chunk measured during the profile (sampling slows it a little).",
+        "",
+    )
+    await profile_loads(ctx, gateway.pid, gw, [
+        ("non-streamed, c=8", gw.request(body()), False, 8, None),
+        ("streamed burst ×1000, c=4", gw.request(body(True, chunks=1000)), True, 4, 1000),
+        (f"streamed paced ×500 ({ctx.plan.paced_ms:g} ms), c=16",
+         gw.request(body(True, chunks=500, pace_ms=ctx.plan.paced_ms)), True, 16, 500),
+    ], "uvicorn")
+
+
+async def section_concurrent(ctx: Context) -> None:
+    s = "Concurrent streams (uvicorn)"
+    plan = ctx.plan
+    cap = max(plan.stream_levels) * 2
+    gateway, gw = start_gateway(ctx, "streams", AISIX_UPSTREAM_MAX_CONNECTIONS=str(cap))
+    try:
+        await warm(ctx, gw, 50)
+        await asyncio.sleep(1.0)
+        base_rss = rss_kb(gateway.pid)
+        pace = plan.stream_pace_ms
+        raw = gw.request(body(True, chunks=1_000_000, pace_ms=pace))
+        ctx.report.add(
+            s,
+            f"A fresh gateway process (warmed with a few requests; idle RSS {base_rss / 1024:.1f} MiB), "
+            f"`AISIX_UPSTREAM_MAX_CONNECTIONS={cap}` (the default, 1000, would queue every stream beyond "
+            f"1000 before it reaches the upstream). Slow streams: one chunk every {pace:g} ms, opened in "
+            f"steps; at each step every stream must have had its first chunk, then for {plan.stream_hold:g} s "
+            "each must keep receiving (≥ half the chunks its pace allows) to count as relayed; the longest wait "
+            f"for a chunk would be {pace:g} ms if every chunk were relayed at once. "
+            "Memory per stream = (RSS − idle RSS) ÷ open streams.",
+            "",
+            "| open streams | relayed | all had a first chunk after | RSS | KB per stream | gateway CPU | longest wait for a chunk, p99 / max |",
+            "|---|---|---|---|---|---|---|",
+        )
+        conns: list[tuple[Any, asyncio.Future[Response]]] = []
+        best, at_target = 0, None
+        for level in plan.stream_levels:
+            t_open = time.monotonic()
+            while len(conns) < level:
+                conn = await connect("127.0.0.1", gw.port)
+                conns.append((conn, conn.request(raw, sse=True)))
+                if len(conns) % 50 == 0:
+                    await asyncio.sleep(0.02)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and any(
+                not c.resp.first_event_ns and not f.done() for c, f in conns
+            ):
+                await asyncio.sleep(0.05)
+            ready_after = time.monotonic() - t_open
+            started = sum(1 for c, _ in conns if c.resp.first_event_ns)
+            e0 = [c.resp.events for c, _ in conns]
+            for c, _ in conns:
+                c.resp.max_gap_ns = 0
+            meter = Meter({"gateway": gateway.pid, "upstream": ctx.procs["upstream"].pid,
+                           "moto": ctx.procs["moto"].pid}).start()
+            await asyncio.sleep(plan.stream_hold)
+            meter.stop()
+            now = time.monotonic_ns()
+            # Longest wait for a chunk during the hold, per stream (including the wait still running).
+            gaps = [max(c.resp.max_gap_ns, now - c.resp.last_event_ns) / 1e6 for c, _ in conns]
+            expected = plan.stream_hold * 1000 / pace
+            relayed = sum(1 for (c, f), before in zip(conns, e0)
+                          if not f.done() and c.resp.events - before >= expected / 2)
+            rss = rss_kb(gateway.pid)
+            per_stream = (rss - base_rss) / level
+            util = meter.cpu("gateway") / meter.wall
+            ctx.report.limit(f"{level} concurrent streams (hold)", meter)
+            ok = relayed >= 0.99 * level
+            if ok:
+                best = level
+            if level >= 1000 and at_target is None:
+                at_target = (level, relayed, per_stream, ok)
+            failed = sum(1 for _, f in conns if f.done())
+            ctx.report.add(
+                s,
+                f"| {level} | {relayed}{'' if not failed else f' ({failed} ended early)'} | "
+                f"{ready_after:.1f} s ({started} started) | {rss / 1024:.1f} MiB | {per_stream:.1f} | "
+                f"{util * 100:.0f}% of a core | {percentile(gaps, 99):.0f} / {max(gaps):.0f} ms |",
+            )
+            if not ok:
+                break
+        for conn, _ in conns:
+            conn.close()
+        await asyncio.sleep(1.0 if plan.smoke else 3.0)
+        ctx.report.add(s, "", f"Most streams relayed at once: **{best}** (largest step with ≥ 99% relayed).")
+        if at_target is None:
+            level = max(plan.stream_levels)
+            ctx.report.target("concurrent streams in one process, ≤ 64 KB each", "≥ 1,000 at ≤ 64 KB",
+                              f"{best} (smoke: steps stop at {level})", None)
+        else:
+            level, relayed, per_stream, ok = at_target
+            ctx.report.target("concurrent streams in one process, ≤ 64 KB each", "≥ 1,000 at ≤ 64 KB",
+                              f"{best} relayed; {per_stream:.0f} KB each at {level}",
+                              ok and per_stream <= 64 and best >= 1000)
+    finally:
+        gateway.stop()
+
+
+async def start_lambda(ctx: Context, app: str, tag: str, **extra_env: str) -> tuple[Proc, int, Endpoint, int]:
+    """bench/lambda_emulator.py (the emulator, unchanged, plus a stats port) serving ``app``."""
+    port, stats_port = free_port(), free_port()
+    env = ctx.gateway_env(tag, AISIX_UPSTREAM_TRANSPORT="httpx", **extra_env)
+    emulator = Proc(
+        f"emulator-{tag}",
+        [sys.executable, "-m", "bench.lambda_emulator", "--stats-port", str(stats_port), "--",
+         "--port", str(port), "--app", app],
+        env, ctx.tmp / f"emulator-{tag}.log", cwd=str(ROOT), cores=ctx.cores(TOOLS_CORE),
+    ).start()
+    ctx.procs[f"emulator-{tag}"] = emulator
+    runtime_pid = None
+    deadline = time.monotonic() + 30
+    while runtime_pid is None and time.monotonic() < deadline:
+        for child in children(emulator.pid):
+            try:
+                if b"aisix.lambda_runtime" in Path(f"/proc/{child}/cmdline").read_bytes():
+                    runtime_pid = child
+            except OSError:
+                continue
+        if runtime_pid is None:
+            if not emulator.alive():
+                raise RuntimeError(f"emulator exited:\n{emulator.log_tail()}")
+            await asyncio.sleep(0.05)
+    if runtime_pid is None:
+        raise RuntimeError("the emulator started no runtime process")
+    if ctx.pin_cores:
+        pin(runtime_pid, GATEWAY_CORE)
+    await asyncio.get_running_loop().run_in_executor(None, emulator.wait_http, f"http://127.0.0.1:{port}/health")
+    return emulator, runtime_pid, Endpoint("lambda", port, headers={"authorization": f"Bearer {ctx.secret}"}), stats_port
+
+
+async def fetch_stats(stats_port: int, last: int, first: bool = False) -> list[dict[str, Any]]:
+    """What the emulator recorded of the runtime's writes, for the last ``last`` finished invocations."""
+    import urllib.request
+
+    def get() -> list[dict[str, Any]]:
+        url = f"http://127.0.0.1:{stats_port}/?last={last}" + ("&first=1" if first else "")
+        with urllib.request.urlopen(url, timeout=30) as r:
+            return json.loads(r.read())
+
+    return await asyncio.get_running_loop().run_in_executor(None, get)
+
+
+async def fetch_writes(stats_port: int) -> dict[str, Any]:
+    found = await fetch_stats(stats_port, 1)
+    return found[-1] if found else {"events_per_chunk": [], "partial_chunks": 0, "stamps": []}
+
+
+async def lambda_measure(ctx: Context, front: Endpoint, pid_map: dict[str, int], tag: str, label: str,
+                         ddb: bool, stats_port: int) -> dict[str, Any]:
+    """Non-streamed latency and CPU, TTFT, and CPU per stream at two lengths (burst, paced), at c=1."""
+    plan, up = ctx.plan, ctx.upstream
+    assert up is not None
+    s = "Lambda streaming path (emulator)"
+    block, direct_block = plan.lambda_block, min(plan.lambda_block, 0.5)
+    out: dict[str, Any] = {"lat": [], "direct_lat": [], "ttft": [], "direct_ttft": [], "ttft_rt": [], "n": 0, "cpu": 0.0, "sys": 0.0, "wall": 0.0,
+                           "calls": Counter(), "sends": 0, "streams": {}}
+    await closed_loop("127.0.0.1", front.port, front.request(body()), 1, duration=30, max_requests=max(10, plan.warmup // 10))
+    for _ in range(plan.lambda_reps):
+        # CPU: back to back. Latency and TTFT: with a pause between calls, so that each one meets an idle
+        # instance (back to back, a call would also wait for the previous invocation's post-call work,
+        # which runs after its response has ended).
+        g = await measure_block(ctx, front, front.request(body()), 1, block, pid_map,
+                                ddb_tag=tag if ddb else None, settle=0.4)
+        note_errors(ctx, s, f"non-streamed, {label}", g["errors"])
+        out["n"] += g["n"]
+        out["cpu"] += g["meter"].cpu("gateway")
+        out["sys"] += g["meter"].system("gateway")
+        out["wall"] += g["wall"]
+        if ddb:
+            out["calls"].update(g["ddb"][0])
+            out["sends"] += g["ddb"][1]
+        ctx.report.limit(f"Lambda non-streamed c=1, {label}", g["meter"], g["wall"])
+        d = await measure_block(ctx, up, up.request(body()), 1, direct_block, pid_map, settle=0.05, think=THINK)
+        g = await measure_block(ctx, front, front.request(body()), 1, block, pid_map, settle=0.05, think=THINK)
+        note_errors(ctx, s, f"non-streamed (paused), {label}", g["errors"])
+        out["direct_lat"] += [r.latency_ms for r in d["good"]]
+        out["lat"] += [r.latency_ms for r in g["good"]]
+        d = await measure_block(ctx, up, up.request(body(True, chunks=100)), 1, direct_block, pid_map, sse=True,
+                                chunks=100, settle=0.05, think=THINK)
+        g = await measure_block(ctx, front, front.request(body(True, chunks=100)), 1, block, pid_map, sse=True,
+                                chunks=100, settle=0.05, think=THINK)
+        note_errors(ctx, s, f"TTFT, {label}", g["errors"])
+        out["direct_ttft"] += [r.ttft_ms for r in d["good"]]
+        out["ttft"] += [r.ttft_ms for r in g["good"]]
+        # The same streams timed where the runtime's first content chunk reached the runtime API: free of
+        # the emulator's front door on the way back (it shares core 0 with the load generator).
+        if not g["errors"]:
+            recorded = await fetch_stats(stats_port, len(g["good"]), first=True)
+            if len(recorded) == len(g["good"]):
+                out["ttft_rt"] += [(rec["stamps"][0][0] - r.sent_ns) / 1e6
+                                   for r, rec in zip(g["good"], recorded) if rec["stamps"]]
+    for mode, pace, lengths in (("burst", 0.0, plan.burst_lengths), ("paced", plan.paced_ms, plan.paced_lengths)):
+        for length in lengths:
+            opts = {"chunks": length, "pace_ms": pace}
+            g = await measure_block(ctx, front, front.request(body(True, **opts)), 1, block * (2 if pace else 1),
+                                    pid_map, sse=True, chunks=length, ddb_tag=tag if ddb else None, settle=0.3)
+            note_errors(ctx, s, f"{mode} ×{length}, {label}", g["errors"])
+            ctx.report.limit(f"Lambda stream {mode} ×{length} c=1, {label}", g["meter"], g["wall"])
+            out["streams"][(mode, length)] = (g["n"], g["meter"].cpu("gateway") / g["n"] if g["n"] else float("nan"))
+    return out
+
+
+async def section_lambda(ctx: Context) -> None:
+    s = "Lambda streaming path (emulator)"
+    if importlib.util.find_spec("aisix.lambda_runtime.emulator") is None:
+        ctx.report.add(s, "skipped: `aisix.lambda_runtime.emulator` is not importable in this tree")
+        for what in ("CPU per non-streamed request", "CPU per relayed chunk", "added time to first token"):
+            ctx.report.target(f"Lambda path: {what}", "–", "skipped", None)
+        return
+    plan = ctx.plan
+    ctx.report.add(
+        s,
+        "`python -m aisix.lambda_runtime.emulator` (function URL front door + runtime API; started through "
+        "bench/lambda_emulator.py, which only adds a port to read what the emulator recorded) on core 0 runs "
+        "the real runtime loop, `python -m aisix.lambda_runtime <app>`, as a subprocess pinned to core 1, with "
+        "`AISIX_UPSTREAM_TRANSPORT=httpx` as the template deploys it. That subprocess is what is measured. "
+        "One invocation at a time, as one Lambda instance serves them: c=1 only. Two apps in the same runtime: "
+        "`handler:app` (the gateway) and bench/lambda_noop.py (a no-op ASGI app that answers in the same format "
+        "itself): their difference is the gateway's own cost; the no-op row is what the runtime loop and the "
+        "emulator's hops cost without it.",
+        "",
+    )
+    measured: dict[str, dict[str, Any]] = {}
+    gaps: dict[str, GapData] = {}
+    assert ctx.upstream is not None
+    await collect_gaps(ctx, ctx.upstream, "direct", gaps)
+    for app, tag, label in (("bench.lambda_noop:app", "lambda-noop", "no-op app"),
+                            ("handler:app", "lambda", "gateway")):
+        emulator, runtime_pid, front, stats_port = await start_lambda(ctx, app, tag)
+        try:
+            pid_map = {"gateway": runtime_pid, "upstream": ctx.procs["upstream"].pid,
+                       "moto": ctx.procs["moto"].pid, "emulator": emulator.pid}
+            measured[label] = await lambda_measure(ctx, front, pid_map, tag, label, ddb=label == "gateway",
+                                                   stats_port=stats_port)
+            await collect_gaps(ctx, front, f"{label} via emulator", gaps,
+                               runtime_writes=lambda: fetch_writes(stats_port))
+            if label == "gateway" and profiling(ctx) and (ctx.only is None or "profile" in ctx.only):
+                await profile_loads(ctx, runtime_pid, front, [
+                    ("non-streamed, c=1", front.request(body()), False, 1, None),
+                    (f"streamed paced ×500 ({plan.paced_ms:g} ms), c=1",
+                     front.request(body(True, chunks=500, pace_ms=plan.paced_ms)), True, 1, 500),
+                ], "Lambda runtime (gateway)")
+        finally:
+            emulator.stop()
+    noop, gw = measured["no-op app"], measured["gateway"]
+    direct_lat = noop["direct_lat"] + gw["direct_lat"]
+    direct_ttft = noop["direct_ttft"] + gw["direct_ttft"]
+
+    def cpu_req(m: dict[str, Any]) -> float:
+        return m["cpu"] / m["n"] * 1000 if m["n"] else float("nan")
+
+    p50 = {k: percentile(v["lat"], 50) for k, v in measured.items()}
+    p99 = {k: percentile(v["lat"], 99) for k, v in measured.items()}
+    t50 = {k: percentile(v["ttft"], 50) for k, v in measured.items()}
+    t99 = {k: percentile(v["ttft"], 99) for k, v in measured.items()}
+    r50 = {k: percentile(v["ttft_rt"], 50) for k, v in measured.items()}
+    r99 = {k: percentile(v["ttft_rt"], 99) for k, v in measured.items()}
+    ctx.report.add(
+        s,
+        "Non-streamed requests and time to first token (100-chunk burst streams), c=1. TTFT at the client, and "
+        "at the runtime API (client send → the runtime's first content chunk reaching the emulator: without "
+        "the front door's way back, which shares core 0 with the load generator):",
+        "",
+        "| path | requests | latency p50 | latency p99 | runtime CPU / request | streams | TTFT p50 | TTFT p99 "
+        "| TTFT at runtime API p50 | p99 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| direct | {len(direct_lat)} | {fmt_ms(percentile(direct_lat, 50))} | {fmt_ms(percentile(direct_lat, 99))} "
+        f"| | {len(direct_ttft)} | {fmt_ms(percentile(direct_ttft, 50))} | {fmt_ms(percentile(direct_ttft, 99))} | | |",
+    )
+    for label, m in measured.items():
+        ctx.report.add(
+            s, f"| {label} via runtime + emulator | {m['n']} | {fmt_ms(p50[label])} | {fmt_ms(p99[label])} | "
+               f"{fmt_ms(cpu_req(m))} (kernel {fmt_ms(m['sys'] / m['n'] * 1000 if m['n'] else float('nan'))}) | "
+               f"{len(m['ttft'])} | {fmt_ms(t50[label])} | {fmt_ms(t99[label])} | {fmt_ms(r50[label])} | "
+               f"{fmt_ms(r99[label])} |")
+    ctx.report.add(
+        s, f"| **gateway's own (gateway − no-op)** | | {fmt_ms(p50['gateway'] - p50['no-op app'])} | "
+           f"{fmt_ms(p99['gateway'] - p99['no-op app'])} | {fmt_ms(cpu_req(gw) - cpu_req(noop))} | | "
+           f"{fmt_ms(t50['gateway'] - t50['no-op app'])} | {fmt_ms(t99['gateway'] - t99['no-op app'])} | "
+           f"{fmt_ms(r50['gateway'] - r50['no-op app'])} | {fmt_ms(r99['gateway'] - r99['no-op app'])} |",
+        "",
+        f"Latency and TTFT are measured with a {THINK * 1000:.0f} ms pause between calls, so each meets an idle "
+        "instance; back to back, one instance completes "
+        f"{gw['n'] / gw['wall']:.0f} non-streamed calls/s with the gateway and {noop['n'] / noop['wall']:.0f} with "
+        f"the no-op app (a mean {gw['wall'] / max(1, gw['n']) * 1000:.2f} ms per call vs a paused latency p50 of "
+        f"{fmt_ms(p50['gateway'])}: the rest is work after the response has ended, which holds the instance).",
+        "",
+        f"DynamoDB calls made by the runtime process (gateway): {ddb_text(dict(gw['calls']), gw['sends'], gw['n'])}",
+        "",
+        "CPU of the runtime process per stream, c=1 (per chunk = slope between the two lengths):",
+        "",
+        "| mode | chunks | no-op app: streams | no-op app: CPU / stream | gateway: streams | gateway: CPU / stream |",
+        "|---|---|---|---|---|---|",
+    )
+    slopes: dict[tuple[str, str], float] = {}
+    for mode, lengths in (("burst", plan.burst_lengths), ("paced", plan.paced_lengths)):
+        for length in lengths:
+            (nn, cn), (ng, cg) = noop["streams"][(mode, length)], gw["streams"][(mode, length)]
+            ctx.report.add(s, f"| {mode} | {length} | {nn} | {fmt_ms(cn * 1000)} | {ng} | {fmt_ms(cg * 1000)} |")
+        l1, l2 = lengths
+        for label, m in measured.items():
+            slopes[(label, mode)] = (m["streams"][(mode, l2)][1] - m["streams"][(mode, l1)][1]) / (l2 - l1) * 1e6
+        ctx.report.add(s, f"| **{mode}: per chunk** | | | **{fmt_us(slopes[('no-op app', mode)])}** | | "
+                          f"**{fmt_us(slopes[('gateway', mode)])}** |")
+    ctx.report.add(s, "", "Chunk gaps and merging on the Lambda path:", "")
+    report_gaps(ctx, s, gaps, "gateway via emulator" + RUNTIME_SIDE, prefix="Lambda path: ")
+    ctx.report.target("Lambda path: gateway CPU per non-streamed request, auth + rate limit (runtime process)",
+                      "≤ 1 ms", f"{fmt_ms(cpu_req(gw))} (no-op app in the same runtime: {fmt_ms(cpu_req(noop))})",
+                      cpu_req(gw) <= 1.0)
+    ctx.report.target("Lambda path: DynamoDB calls per request", "(reported)",
+                      ddb_text(dict(gw["calls"]), gw["sends"], gw["n"]).split(" (")[0], None)
+    for mode in ("burst", "paced"):
+        slope = slopes[("gateway", mode)]
+        ctx.report.target(f"Lambda path: CPU per relayed chunk, {mode}" + (f" ({plan.paced_ms:g} ms apart)" if mode == "paced" else ""),
+                          "≤ 20 µs", f"{fmt_us(slope)} (no-op app: {fmt_us(slopes[('no-op app', mode)])})", slope <= 20)
+    added = r50["gateway"] - r50["no-op app"]
+    ctx.report.target("Lambda path: added time to first token p50, c=1 (gateway − no-op app in the same runtime, "
+                      "at the runtime API)", "≤ 2 ms",
+                      f"{fmt_ms(added)} (at the client: {fmt_ms(t50['gateway'] - t50['no-op app'])}; over direct, "
+                      f"emulator hops included: {fmt_ms(t50['gateway'] - percentile(direct_ttft, 50))})", added <= 2.0)
+    ctx.report.ratios.append(("Lambda path: latency p50, non-streamed, c=1 (via emulator)",
+                              ratio(p50["gateway"], percentile(direct_lat, 50))))
+    ctx.report.ratios.append(("Lambda path: TTFT p50, c=1 (via emulator)", ratio(t50["gateway"], percentile(direct_ttft, 50))))
+    ctx.report.ratios.append(("Lambda path: TTFT p50, gateway ÷ no-op app in the same runtime", ratio(t50["gateway"], t50["no-op app"])))
+
+
+COLD_CODE = r"""
+import json, sys, time
+t0 = time.perf_counter()
+import aisix.app
+spent = [0.0]
+create_app = aisix.app.create_app
+def timed(*args, **kwargs):
+    started = time.perf_counter()
+    try:
+        return create_app(*args, **kwargs)
+    finally:
+        spent[0] += time.perf_counter() - started
+aisix.app.create_app = timed
+import {module}
+t1 = time.perf_counter()
+print(json.dumps({{"ms": (t1 - t0) * 1000, "build_ms": spent[0] * 1000, "modules": len(sys.modules)}}))
+"""
+
+
+def section_cold(ctx: Context) -> None:
+    s = "Cold start"
+    env = {k: v for k, v in ctx.env.items()}
+    env["AISIX_UPSTREAM_TRANSPORT"] = "httpx"
+    runs: dict[str, list[float]] = {}
+    modules: dict[str, int] = {}
+    builds: dict[str, list[float]] = {}
+    targets = [("import handler (builds the app: config, DynamoDB client, upstream client)", "handler")]
+    if importlib.util.find_spec("aisix.lambda_runtime") is not None:
+        targets.append(("runtime loop + handler (`python -m aisix.lambda_runtime` imports both)",
+                        "aisix.lambda_runtime.loop, handler"))
+    bare: list[float] = []
+    for i in range(ctx.plan.cold_runs + (0 if ctx.plan.smoke else 1)):  # the first run warms the file cache
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "pass"], env=env, cwd=str(ROOT), check=True)
+        if i or ctx.plan.smoke:
+            bare.append((time.perf_counter() - t0) * 1000)
+        for label, module in targets:
+            proc = subprocess.run([sys.executable, "-c", COLD_CODE.format(module=module)], env=env, cwd=str(ROOT),
+                                  capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise RuntimeError(f"cold start of {module} failed:\n{proc.stderr[-2000:]}")
+            result = json.loads(proc.stdout.strip().splitlines()[-1])
+            if i or ctx.plan.smoke:
+                runs.setdefault(label, []).append(result["ms"])
+                builds.setdefault(label, []).append(result["build_ms"])
+                modules[label] = result["modules"]
+    ctx.report.add(
+        s,
+        f"A fresh `python` per run ({len(bare)} runs after one to warm the file cache; median shown), with the "
+        "Lambda settings (`AISIX_UPSTREAM_TRANSPORT=httpx`, the bench models file, DynamoDB endpoint set). "
+        "Timed inside the process from before the import to after it: what a Lambda init pays on top of the "
+        f"interpreter's own start (`python -c pass`: {statistics.median(bare):.0f} ms wall here).",
+        "",
+        "| what | median | min | max | of which `create_app()` (median) | modules loaded |",
+        "|---|---|---|---|---|---|",
+    )
+    for label, values in runs.items():
+        ctx.report.add(s, f"| {label} | {statistics.median(values):.0f} ms | {min(values):.0f} ms | "
+                          f"{max(values):.0f} ms | {statistics.median(builds[label]):.0f} ms | {modules[label]} |")
+    label = targets[0][0]
+    med = statistics.median(runs[label])
+    ctx.report.target("cold start: import handler.py and build the app (Lambda settings)", "≤ 300 ms",
+                      f"{med:.0f} ms", med <= 300)
+    # Where the time goes: python -X importtime, top cumulative entries.
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-c", "import handler"], env=env, cwd=str(ROOT),
+                          capture_output=True, text=True)
+    rows = []
+    for line in proc.stderr.splitlines():
+        m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|(\s*)(\S+)", line)
+        if m:
+            rows.append((int(m.group(2)), len(m.group(3)), m.group(4)))
+    top = sorted(rows, reverse=True)[:15]
+    ctx.report.add(s, "", "Largest imports under `import handler` (`python -X importtime`, cumulative, one run):", "",
+                   "| module | cumulative |", "|---|---|")
+    for cum, depth, name in top:
+        ctx.report.add(s, f"| {'· ' * max(0, (depth - 1) // 2)}{name} | {cum / 1000:.0f} ms |")
+    ctx.report.add(s, "", "`create_app()` (the models file, the DynamoDB client with its service model, the "
+                          "upstream client) runs inside `import handler`; `-X importtime` does not see it.")
+
+
+def section_setup(ctx: Context, pinned: bool) -> None:
+    s = "Setup"
+    versions = []
+    for pkg in ("starlette", "uvicorn", "uvloop", "httptools", "httpx", "httpcore", "httpx-aiohttp", "aiohttp",
+                "anyio", "botocore", "moto", "py-spy"):
+        try:
+            versions.append(f"{pkg} {importlib.metadata.version(pkg)}")
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "aisix", "handler.py"], cwd=ROOT,
+                               capture_output=True, text=True).stdout.strip()
+        commit += " (with uncommitted changes in aisix/)" if dirty else ""
+    except OSError:
+        commit = "unknown"
+    ctx.report.add(
+        s,
+        f"- machine: {os.cpu_count()} cores ({cpu_model()}), {_mem_gib():.0f} GiB, {platform.platform()}, "
+        f"Python {platform.python_version()}",
+        f"- code: git {commit}",
+        f"- versions: {', '.join(versions)}",
+        "- gateway: `python -m aisix serve` (uvicorn, one worker, uvloop + httptools) with "
+        "`AISIX_CONFIG=bench/models.yaml`, DynamoDB = `python -m moto.server` (separate process), default "
+        "upstream transport (aiohttp); one key made with `aisix.auth.issue_key`, RPM 10⁹ and TPM 10¹², "
+        "allowed `bench-model` only",
+        "- upstream: bench/fast_upstream.py (raw asyncio + uvloop, OpenAI's format, usage chunk when asked)",
+        "- load: bench/load.py (raw asyncio sockets on uvloop, HTTP/1.1 keep-alive, in the process that runs "
+        "the benchmark)",
+        "- CPU: `utime+stime` of the process from `/proc/<pid>/stat` (all threads; 10 ms ticks, so blocks "
+        "are long enough for ≥ 100 ticks where it matters); memory: `VmRSS`",
+        "- placement: " + ("pinned with `sched_setaffinity` (as `taskset`): the gateway alone on core 1; load "
+                           "generator, upstream, moto and the Lambda emulator on core 0. Pinning keeps the gateway "
+                           "from sharing a core with its own load, which made repeated runs steadier."
+                           if pinned else "not pinned (`--no-pin`)"),
+        "- moto runs under `SCHED_IDLE` (it stands for a remote service: its CPU bursts must not delay the load "
+        "generator or the upstream on core 0)",
+        "- DynamoDB calls: counted inside the gateway process by a botocore `before-call`/`before-send` handler "
+        "that bench/instrument/sitecustomize.py registers when `AISIX_BENCH_DDB_COUNTS` is set "
+        "(nothing in aisix/ is changed)",
+    )
+
+
+def _mem_gib() -> float:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError):
+        return 0.0
+
+
+# --------------------------------------------------------------------------- main
+
+
+async def run_all(ctx: Context) -> None:
+    report, plan = ctx.report, ctx.plan
+
+    async def guarded(section: str, fn: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await fn()
+        except Exception as exc:  # one broken section must not hide the others
+            report.add(section, f"**failed:** `{type(exc).__name__}: {exc}`", "", "```",
+                       traceback.format_exc()[-3000:], "```")
+            report.failures.append(f"{section}: {type(exc).__name__}: {exc}")
+
+    only = ctx.only
+    keys = {"nonstream": "Non-streamed requests (uvicorn)", "stream": "Streamed requests (uvicorn)",
+            "gaps": "Chunk gaps and merging (uvicorn)", "profile": "Profile (py-spy)",
+            "streams": "Concurrent streams (uvicorn)", "lambda": "Lambda streaming path (emulator)",
+            "cold": "Cold start"}
+
+    def wanted(key: str) -> bool:
+        if only is None or key in only:
+            return True
+        report.add(keys[key], "skipped: not selected (`--only`)")
+        return False
+
+    start_tools(ctx)
+    local = [k for k in ("nonstream", "stream", "gaps", "profile") if wanted(k)]
+    if local:
+        gateway, gw = start_gateway(ctx, "uvicorn")
+        try:
+            await warm(ctx, gw, plan.warmup)
+            await warm(ctx, ctx.upstream, plan.warmup)  # type: ignore[arg-type]
+            if "nonstream" in local:
+                await guarded(keys["nonstream"], lambda: section_nonstream(ctx, gateway, gw))
+            if "stream" in local:
+                await guarded(keys["stream"], lambda: section_stream(ctx, gateway, gw))
+            if "gaps" in local:
+                await guarded(keys["gaps"], lambda: section_gaps(ctx))
+            if "profile" in local:
+                await guarded(keys["profile"], lambda: section_profile(ctx, gateway, gw))
+        finally:
+            gateway.stop()
+    if wanted("streams"):
+        await guarded(keys["streams"], lambda: section_concurrent(ctx))
+    if wanted("lambda"):
+        await guarded(keys["lambda"], lambda: section_lambda(ctx))
+
+    async def cold() -> None:
+        await asyncio.get_running_loop().run_in_executor(None, section_cold, ctx)
+
+    if wanted("cold"):
+        await guarded(keys["cold"], cold)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="every section, briefly (< 60 s); numbers meaningless")
+    parser.add_argument("--out", type=Path, default=None, help=f"results file (default {DEFAULT_OUT.relative_to(ROOT)})")
+    parser.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
+    parser.add_argument("--only", help="comma-separated sections to run: nonstream, stream, gaps, profile, "
+                                       "streams, lambda, cold (default: all)")
+    args = parser.parse_args(argv)
+    plan = SMOKE if args.smoke else FULL
+    out = args.out or DEFAULT_OUT
+    if args.smoke and args.out is None:
+        parser.error("--smoke needs --out: smoke numbers must not replace bench/RESULTS.md")
+    pinned = not args.no_pin and (os.cpu_count() or 1) >= 2
+    started = time.monotonic()
+    tmp = Path(tempfile.mkdtemp(prefix="aisix-bench-"))
+    report = Report(plan)
+    ctx = Context(plan, report, tmp, clean_env(), pinned)
+    if args.only:
+        ctx.only = {name.strip() for name in args.only.split(",") if name.strip()}
+        unknown = ctx.only - {"nonstream", "stream", "gaps", "profile", "streams", "lambda", "cold"}
+        if unknown:
+            parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, ValueError, OSError):
+        pass
+    if pinned:
+        pin(os.getpid(), TOOLS_CORE)
+    print(f"AISIX benchmark ({'smoke' if plan.smoke else 'full'}); logs in {tmp}", flush=True)
+    section_setup(ctx, pinned)
+    try:
+        try:
+            import uvloop
+
+            uvloop.run(run_all(ctx))
+        except ImportError:
+            asyncio.run(run_all(ctx))
+    except Exception as exc:
+        report.failures.append(f"setup: {type(exc).__name__}: {exc}")
+        report.add("Setup", "", f"**failed:** `{type(exc).__name__}: {exc}`", "", "```",
+                   traceback.format_exc()[-3000:], "```")
+        for proc in ctx.procs.values():
+            report.add("Setup", f"- {proc.name} log tail: `{proc.log_tail(5)}`")
+    finally:
+        for proc in reversed(list(ctx.procs.values())):
+            proc.stop()
+    text = report.render(started)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(text, flush=True)
+    print(f"results written to {out}", flush=True)
+    return 1 if report.failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

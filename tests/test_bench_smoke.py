@@ -1,0 +1,48 @@
+"""The benchmark runs end to end in its smoke mode. No timing is checked here: ever.
+
+``python -m bench.run --smoke`` starts moto's server, the fast upstream, the gateway
+(uvicorn, and the Lambda runtime through the emulator when it is there) and runs every
+section briefly. This only checks that it finishes, fast, and writes a results file
+with every section, to a temporary path: bench/RESULTS.md is never touched.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+sys.path.insert(0, str(ROOT))
+from bench.run import SECTIONS  # noqa: E402
+
+
+def test_bench_smoke_runs_end_to_end(tmp_path: Path) -> None:
+    results = ROOT / "bench" / "RESULTS.md"
+    before = results.stat().st_mtime_ns if results.exists() else None
+    out = tmp_path / "RESULTS.md"
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--smoke", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert elapsed < 60, f"smoke run took {elapsed:.0f} s"
+    text = out.read_text()
+    for section in SECTIONS:
+        assert f"## {section}\n" in text, f"section {section!r} missing"
+        body = text.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0].strip()
+        assert body, f"section {section!r} is empty"
+        assert "did not run" not in body and "**failed:**" not in body, f"section {section!r}: {body[:500]}"
+    assert "| what | target | measured |" in text
+    assert (results.stat().st_mtime_ns if results.exists() else None) == before, "smoke run touched bench/RESULTS.md"
+
+
+def test_smoke_refuses_the_default_results_file() -> None:
+    proc = subprocess.run([sys.executable, "-m", "bench.run", "--smoke"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=30)
+    assert proc.returncode != 0
+    assert "--out" in proc.stderr
