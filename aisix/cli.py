@@ -23,7 +23,10 @@ from .config import Settings
 def _store(settings: Settings):  # type: ignore[no-untyped-def]
     from .store import Store, make_client
 
-    client = make_client(settings.dynamodb_endpoint, settings.region)
+    client = make_client(
+        settings.dynamodb_endpoint, settings.region,
+        timeout=settings.dynamodb_timeout_seconds, attempts=settings.dynamodb_max_attempts,
+    )
     return Store(client, settings.keys_table, settings.counters_table)
 
 

@@ -70,6 +70,8 @@ class Settings:
     rate_limit_on_store_error: str = "closed"
     deadline_margin_seconds: float = 2.0
     token_flush_seconds: float = 1.0
+    dynamodb_timeout_seconds: float = 1.0
+    dynamodb_max_attempts: int = 2
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> "Settings":
@@ -106,6 +108,8 @@ class Settings:
             deadline_margin_seconds=get(
                 "AISIX_DEADLINE_MARGIN_SECONDS", d.deadline_margin_seconds, float
             ),
+            dynamodb_timeout_seconds=get("AISIX_DYNAMODB_TIMEOUT_SECONDS", d.dynamodb_timeout_seconds, float),
+            dynamodb_max_attempts=get("AISIX_DYNAMODB_MAX_ATTEMPTS", d.dynamodb_max_attempts, int),
             token_flush_seconds=get(
                 "AISIX_TOKEN_FLUSH_SECONDS", 0.0 if on_lambda else d.token_flush_seconds, float
             ),

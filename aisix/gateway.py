@@ -70,7 +70,10 @@ class Gateway:
         settings = settings or Settings.from_env()
         resolve_secrets()
         config = load_config(settings.config_path)
-        client = make_client(settings.dynamodb_endpoint, settings.region)
+        client = make_client(
+            settings.dynamodb_endpoint, settings.region,
+            timeout=settings.dynamodb_timeout_seconds, attempts=settings.dynamodb_max_attempts,
+        )
         store = Store(client, settings.keys_table, settings.counters_table)
         return cls(settings, config, AsyncStore(store))
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from dataclasses import dataclass, field
 
 from .store import WINDOW_SECONDS, AsyncStore, KeyRecord, RateLimited, StoreUnavailable, Usage, window_start
@@ -131,9 +132,10 @@ class Quota:
         """Write every pending token charge: retried, and logged with its amounts if lost."""
         pending, self._pending = self._pending, {}
         for (key_id, window), tokens in pending.items():
+            charge_id = uuid.uuid4().hex  # the same for every retry: written once at most
             for attempt in range(CHARGE_ATTEMPTS):
                 try:
-                    usage = await self.store.add(key_id, window, tokens=tokens)
+                    usage = await self.store.add(key_id, window, tokens=tokens, charge_id=charge_id)
                 except StoreUnavailable as exc:
                     if attempt + 1 == CHARGE_ATTEMPTS:
                         # Logged with the amounts so it can be reconciled by hand.

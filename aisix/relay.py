@@ -71,6 +71,9 @@ class SSEDecoder:
     an event not ended by a blank line when the stream ends is dropped.
     Unlike a generic parser it is bounded: an event (or a line) longer than
     ``limit`` characters raises `EventTooLarge` instead of being buffered.
+    That bound is why this is not httpx-sse, which buffers a line or an event
+    of any length (an upstream sending one endless line would grow the
+    gateway's memory without limit) and decodes through two async generators.
     """
 
     __slots__ = ("_utf8", "_tail", "_tail_size", "_data", "_size", "_limit", "_cr", "_started")

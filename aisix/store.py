@@ -71,13 +71,24 @@ class RateLimited(Exception):
         self.usage = usage
 
 
-def make_client(endpoint_url: str | None, region: str, max_connections: int = 32) -> Any:
+def make_client(
+    endpoint_url: str | None,
+    region: str,
+    max_connections: int = 32,
+    timeout: float = 1.0,
+    attempts: int = 2,
+) -> Any:
+    """The DynamoDB client. A call gives up after ``attempts`` tries of ``timeout`` seconds each.
+
+    Short by default: DynamoDB answers in milliseconds, and while it does not,
+    requests wait; better a prompt 503 (keys fail closed) than a hung client.
+    """
     config = Config(
         region_name=region,
         max_pool_connections=max_connections,
-        connect_timeout=2,
-        read_timeout=3,
-        retries={"mode": "standard", "max_attempts": 3},
+        connect_timeout=timeout,
+        read_timeout=timeout,
+        retries={"mode": "standard", "total_max_attempts": attempts},
     )
     return botocore.session.get_session().create_client(
         "dynamodb", endpoint_url=endpoint_url, config=config
@@ -217,20 +228,39 @@ class Store:
             raise
         return _usage_from_item(result.get("Attributes"), window)
 
-    def add(self, key_id: str, window: int, requests: int = 0, tokens: int = 0) -> Usage:
-        """Add to a window's counters unconditionally: tokens spent, requests given back (< 0)."""
-        result = self._call(
-            self.client.update_item,
-            TableName=self.counters_table,
-            Key={"pk": {"S": f"{key_id}#{window}"}},
-            UpdateExpression="ADD req :r, tok :t SET expires_at = if_not_exists(expires_at, :exp)",
-            ExpressionAttributeValues={
+    def add(
+        self, key_id: str, window: int, requests: int = 0, tokens: int = 0, charge_id: str | None = None
+    ) -> Usage:
+        """Add to a window's counters unconditionally: tokens spent, requests given back (< 0).
+
+        With ``charge_id`` the write is idempotent: the id is kept in the item,
+        and a second write with it (a retry after a lost answer, by botocore or
+        by the caller) changes nothing.
+        """
+        kwargs: dict[str, Any] = {
+            "TableName": self.counters_table,
+            "Key": {"pk": {"S": f"{key_id}#{window}"}},
+            "UpdateExpression": "ADD req :r, tok :t SET expires_at = if_not_exists(expires_at, :exp)",
+            "ExpressionAttributeValues": {
                 ":r": {"N": str(requests)},
                 ":t": {"N": str(tokens)},
                 ":exp": {"N": str(window + 2 * WINDOW_SECONDS)},
             },
-            ReturnValues="ALL_NEW",
-        )
+            "ReturnValues": "ALL_NEW",
+        }
+        if charge_id is not None:
+            kwargs["UpdateExpression"] = (
+                "ADD req :r, tok :t, charges :ids SET expires_at = if_not_exists(expires_at, :exp)"
+            )
+            kwargs["ConditionExpression"] = "NOT contains(charges, :id)"
+            kwargs["ExpressionAttributeValues"].update({":ids": {"SS": [charge_id]}, ":id": {"S": charge_id}})
+            kwargs["ReturnValuesOnConditionCheckFailure"] = "ALL_OLD"
+        try:
+            result = self._call(self.client.update_item, **kwargs)
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                return _usage_from_item(exc.response.get("Item"), window)  # already applied
+            raise
         return _usage_from_item(result.get("Attributes"), window)
 
     def read_window(self, key_id: str, now: float | None = None) -> Usage:
@@ -294,8 +324,10 @@ class AsyncStore:
     async def take(self, key_id: str, window: int, requests: int, rpm: int | None, tpm: int | None) -> Usage:
         return await self._run(self.store.take, key_id, window, requests, rpm, tpm)
 
-    async def add(self, key_id: str, window: int, requests: int = 0, tokens: int = 0) -> Usage:
-        return await self._run(self.store.add, key_id, window, requests, tokens)
+    async def add(
+        self, key_id: str, window: int, requests: int = 0, tokens: int = 0, charge_id: str | None = None
+    ) -> Usage:
+        return await self._run(self.store.add, key_id, window, requests, tokens, charge_id)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False)

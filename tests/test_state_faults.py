@@ -186,8 +186,6 @@ def test_a_charge_that_cannot_be_written_is_logged_with_its_amounts(start_on, dd
     assert charged(gw.store, key_id) == 0
 
 
-@pytest.mark.xfail(strict=True, reason="Store.add is not idempotent: a charge whose write succeeded but whose "
-                   "answer was lost is written again by the retry (see the report: conditional charge ids)")
 def test_a_charge_whose_answer_is_lost_is_not_counted_twice(start_on, ddb):
     gw = start_on()
     secret = gw.key(tpm=1_000_000)

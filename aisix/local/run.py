@@ -90,7 +90,10 @@ def prepare_local(stack: ExitStack) -> None:
     from ..store import Store, make_client
 
     settings = Settings.from_env()
-    store = Store(make_client(settings.dynamodb_endpoint, settings.region), settings.keys_table, settings.counters_table)
+    store = Store(make_client(
+        settings.dynamodb_endpoint, settings.region,
+        timeout=settings.dynamodb_timeout_seconds, attempts=settings.dynamodb_max_attempts,
+    ), settings.keys_table, settings.counters_table)
     store.create_tables()
     if store.get_key(hash_key(DEMO_KEY)) is None:
         issue_key(store, "local demo", frozenset({DEMO_MODEL}), rpm=60, tpm=100_000, secret=DEMO_KEY)
