@@ -34,12 +34,15 @@ def is_timeout(exc: Exception) -> bool:
 
     httpx-aiohttp 0.2 maps every ``aiohttp.ClientConnectionError`` (refused
     connections and server disconnects included) to ``httpx.ConnectTimeout``;
-    the aiohttp exception it chains tells the truth.
+    the aiohttp exception it chains tells the truth. httpx's own transport
+    chains httpcore's exceptions, whose class names are right.
     """
     if not isinstance(exc, httpx.TimeoutException):
         return False
     cause = exc.__cause__
-    return cause is None or isinstance(cause, TimeoutError)
+    if cause is None or not type(cause).__module__.startswith("aiohttp"):
+        return True
+    return isinstance(cause, TimeoutError)
 
 
 # aiohttp's failures to get a connection at all (refused, DNS, TLS, connect or pool time-out),
