@@ -15,6 +15,8 @@ exceeds the limit.
   one UpdateItem per key per ``flush_seconds`` (``0``: at once, as on Lambda,
   where a frozen instance cannot flush later). The write returns the window's
   totals, which is how an instance learns what the others have used.
+* The next lease is taken in the background once half of the current one is
+  used (not on Lambda), so a busy key's requests seldom wait for DynamoDB.
 * A window found full is refused locally until it ends.
 * `close` gives back unused requests and writes pending tokens.
 
@@ -61,6 +63,7 @@ class _KeyState:
     tokens: int = 0  # the window's tokens, as DynamoDB last told us
     full: bool = False
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    refill: "asyncio.Task[None] | None" = None
 
     def view(self) -> View:
         return View(self.window, self.requests - self.left, self.tokens)
@@ -79,17 +82,49 @@ class Quota:
         state = self._keys.get(key.key_id)
         if state is None:
             state = self._keys[key.key_id] = _KeyState()
+        window = window_start()
+        if state.window == window and state.left > 0 and self._tokens_ok(key, state, window):
+            # The common case: served from the lease, with no await at all.
+            state.left -= 1
+            self._refill_ahead(key, state, window)
+            return state.view()
         async with state.lock:
             window = window_start()
             if state.window != window:
                 state.window, state.left, state.full = window, 0, False
                 state.requests = state.tokens = 0
-            if state.full or (key.tpm is not None and state.tokens + self._unwritten(key.key_id, window) >= key.tpm):
+            if not self._tokens_ok(key, state, window) or (state.full and state.left == 0):
                 raise RateLimited(Usage(state.requests, state.tokens, window))
             if state.left == 0:
                 await self._lease(key, state, window)
             state.left -= 1
+            self._refill_ahead(key, state, window)
             return state.view()
+
+    def _tokens_ok(self, key: KeyRecord, state: _KeyState, window: int) -> bool:
+        return key.tpm is None or state.tokens + self._unwritten(key.key_id, window) < key.tpm
+
+    def _refill_ahead(self, key: KeyRecord, state: _KeyState, window: int) -> None:
+        """Lease the next batch in the background once half the lease is used, so that a busy
+        key's requests do not wait for DynamoDB. Not where nothing may run in the background
+        (``flush_seconds == 0``: Lambda freezes an instance as soon as it has answered)."""
+        if (
+            self.flush_seconds > 0
+            and state.refill is None
+            and not state.full
+            and state.left <= state.size // 2
+        ):
+            state.refill = asyncio.get_running_loop().create_task(self._refill(key, state, window))
+
+    async def _refill(self, key: KeyRecord, state: _KeyState, window: int) -> None:
+        try:
+            async with state.lock:
+                if state.window == window and not state.full:
+                    await self._lease(key, state, window)
+        except (RateLimited, StoreUnavailable):
+            pass  # the next request that finds the lease empty tries again, and reports
+        finally:
+            state.refill = None
 
     async def _lease(self, key: KeyRecord, state: _KeyState, window: int) -> None:
         now = time.monotonic()
@@ -108,7 +143,7 @@ class Quota:
             size = min(size, room)  # others took most of what was left: take what remains
             usage = await self.store.take(key.key_id, window, size, key.rpm, key.tpm)
         state.requests, state.tokens = usage.requests, usage.tokens
-        state.left, state.leased_at = size, now
+        state.left, state.leased_at = state.left + size, now
 
     def _unwritten(self, key_id: str, window: int) -> int:
         return self._pending.get((key_id, window), 0) if self._pending else 0
@@ -155,6 +190,9 @@ class Quota:
         """Give back unused leased requests of the current window, and write pending tokens."""
         if self._flusher is not None and not self._flusher.done():
             self._flusher.cancel()
+        for state in self._keys.values():
+            if state.refill is not None:
+                await asyncio.gather(state.refill, return_exceptions=True)
         await self.flush()
         window = window_start()
         for key_id, state in self._keys.items():
