@@ -18,11 +18,11 @@ import httpx
 
 from .auth import KeyCache, bearer_token
 from .config import GatewayConfig, Settings, load_config
-from .errors import GatewayError, bad_request, service_unavailable, upstream_error, upstream_timeout
+from .errors import GatewayError, bad_request, service_unavailable, upstream_error
 from .hooks import Call, Hook, Pipeline, RateLimitHook, ValidateModelHook, load_hook
 from .quota import Quota
 from .secrets import resolve_secrets
-from .providers import OpenAIProvider, is_timeout, make_upstream_client, never_sent
+from .providers import OpenAIProvider, make_upstream_client, never_sent, upstream_failure_error
 from .store import AsyncStore, KeyRecord, Store, StoreUnavailable, make_client
 from .usage import completion_chars, estimate_prompt_tokens, estimate_tokens, usage_from_dict
 from .hooks.base import TokenUsage
@@ -131,10 +131,10 @@ class Gateway:
         except httpx.HTTPError as exc:
             if never_sent(exc):
                 call.state[UPSTREAM_TOOK_CALL] = False
-            if is_timeout(exc):
-                raise upstream_timeout(f"The upstream for '{call.model_name}' did not answer in time.") from None
-            raise upstream_error(
-                f"The upstream for '{call.model_name}' could not be reached ({type(exc).__name__})."
+            raise upstream_failure_error(
+                exc,
+                f"The upstream for '{call.model_name}' did not answer in time.",
+                f"The upstream for '{call.model_name}' could not be reached",
             ) from None
 
     async def complete(self, call: Call) -> bytes:
@@ -143,9 +143,9 @@ class Gateway:
         try:
             body = await read_limited(response, MAX_ANSWER_BYTES)
         except httpx.HTTPError as exc:
-            if is_timeout(exc):
-                raise upstream_timeout("The upstream did not finish its answer in time.") from None
-            raise upstream_error(f"The upstream answer was cut off ({type(exc).__name__}).") from None
+            raise upstream_failure_error(
+                exc, "The upstream did not finish its answer in time.", "The upstream answer was cut off"
+            ) from None
         finally:
             await response.aclose()
         try:

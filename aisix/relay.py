@@ -35,7 +35,7 @@ import anyio
 import httpx
 
 from .errors import GatewayError, internal_error, upstream_error, upstream_timeout
-from .providers import is_timeout
+from .providers import upstream_failure_error
 from .usage import delta_chars, usage_from_dict
 
 if TYPE_CHECKING:
@@ -236,9 +236,9 @@ class StreamRelay:
                 f"The upstream sent an event larger than the gateway relays ({MAX_EVENT_BYTES} bytes)."
             ) from None
         except httpx.HTTPError as exc:
-            if is_timeout(exc):
-                raise upstream_timeout("The upstream stopped sending before the answer was complete.") from None
-            raise upstream_error(f"The upstream stream failed: {type(exc).__name__}.") from None
+            raise upstream_failure_error(
+                exc, "The upstream stopped sending before the answer was complete.", "The upstream stream failed"
+            ) from None
         finally:
             await response.aclose()
         if not done:

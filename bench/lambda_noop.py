@@ -12,16 +12,15 @@ import asyncio
 import json
 from typing import Any
 
+from aisix.local.mock_upstream import serve_lifespan
+
 from .fast_upstream import DONE, StreamTemplate, completion_body
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            await send({"type": message["type"] + ".complete"})
-            if message["type"] == "lifespan.shutdown":
-                return
+        await serve_lifespan(receive, send)
+        return
     raw = b""
     while True:
         message = await receive()

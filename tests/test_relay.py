@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from aisix.hooks import Hook
+from aisix.local.mock_upstream import serve_lifespan
 from conftest import CHAT, ServerThread, eventually, models_config, sse_events
 
 STREAM = {**CHAT, "stream": True}
@@ -42,11 +43,8 @@ class RawUpstream:
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                await send({"type": message["type"] + ".complete"})
-                if message["type"] == "lifespan.shutdown":
-                    return
+            await serve_lifespan(receive, send)
+            return
         await receive()
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"text/event-stream")]})

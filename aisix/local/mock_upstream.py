@@ -90,11 +90,8 @@ class MockUpstream:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                await send({"type": message["type"] + ".complete"})
-                if message["type"] == "lifespan.shutdown":
-                    return
+            await serve_lifespan(receive, send)
+            return
         path, method = scope["path"], scope["method"]
         if path == "/_mock/requests" and method == "GET":
             await _send_json(send, 200, self.requests)
@@ -290,6 +287,15 @@ def _completion(model: str, text: str, prompt_tokens: int, completion_tokens: in
             "total_tokens": prompt_tokens + completion_tokens,
         },
     }
+
+
+async def serve_lifespan(receive: Any, send: Any) -> None:
+    """Answer an ASGI lifespan scope for an app with nothing to start or stop (mocks, test apps)."""
+    while True:
+        message = await receive()
+        await send({"type": message["type"] + ".complete"})
+        if message["type"] == "lifespan.shutdown":
+            return
 
 
 def _error(message: str, type: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:

@@ -6,6 +6,8 @@ import logging
 
 import httpx
 
+from ..errors import GatewayError, upstream_error, upstream_timeout
+
 
 def make_upstream_client(transport: str = "aiohttp", max_connections: int = 1000) -> httpx.AsyncClient:
     """An ``httpx.AsyncClient``; with ``transport="aiohttp"`` over aiohttp's connection pool.
@@ -64,3 +66,10 @@ def never_sent(exc: Exception) -> bool:
         cause = exc.__cause__
         return cause is None or any(k.__name__ in _AIOHTTP_CONNECT_FAILURES for k in type(cause).__mro__)
     return False
+
+
+def upstream_failure_error(exc: Exception, timed_out: str, failed: str) -> GatewayError:
+    """The client's error for an httpx failure talking to the upstream: 504 if it timed out, else 502."""
+    if is_timeout(exc):
+        return upstream_timeout(timed_out)
+    return upstream_error(f"{failed} ({type(exc).__name__}).")
