@@ -1,10 +1,13 @@
-"""``python -m aisix.lambda_runtime.emulator``, unchanged, plus a side port for the benchmark.
+"""``python -m aisix.local.lambda_emulator``, unchanged, plus a side port for the benchmark.
 
 The emulator records every HTTP chunk the runtime process writes to the runtime API
 (each ASGI body message of the app is one chunk) with its arrival time. That is the
 gateway's own writes on the Lambda path, so the benchmark reads them here to check
 that no two upstream events ever share a write, and to time each chunk at the point
 where Lambda's service takes over (before the function URL front door relays it).
+The emulator keeps the first MiB of each stream served through its function URL
+(``RECORD_LIMIT``), far more than the benchmark's streams; a longer one is reported with
+``"complete": false``.
 
     python -m bench.lambda_emulator --stats-port 4000 -- --port 3001 --app handler:app
 
@@ -24,7 +27,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
-from aisix.lambda_runtime import emulator as em
+from aisix.local import lambda_emulator as em
 
 STAMP = re.compile(rb'"content":" (\d+)@(\d+)"')
 DELIMITER = b"\x00" * 8
@@ -61,7 +64,7 @@ def describe(invocation: Any, first_only: bool = False) -> dict[str, Any]:
             return {"stamps": stamps[:1]}
     if first_only:
         return {"stamps": stamps[:1]}
-    return {"events_per_chunk": events, "partial_chunks": partial, "stamps": stamps}
+    return {"events_per_chunk": events, "partial_chunks": partial, "stamps": stamps, "complete": invocation.complete}
 
 
 class Stats(BaseHTTPRequestHandler):

@@ -4,7 +4,7 @@ What it measures, in one run, so that machine noise cancels in the ratios: the g
 cost next to the direct path to the same upstream (bench/fast_upstream.py, a raw
 asyncio server that speaks OpenAI's format), for the local server (uvicorn, one worker,
 uvloop + httptools, started as ``python -m aisix serve``) and for the Lambda streaming
-path (``python -m aisix.lambda_runtime.emulator``, which runs the real runtime loop in a
+path (``python -m aisix.local.lambda_emulator``, which runs the real runtime loop in a
 subprocess: that subprocess is the gateway measured there).
 
 * CPU of the gateway process per non-streamed request and per relayed chunk, from
@@ -1015,15 +1015,15 @@ async def lambda_measure(ctx: Context, front: Endpoint, pid_map: dict[str, int],
 
 async def section_lambda(ctx: Context) -> None:
     s = "Lambda streaming path (emulator)"
-    if importlib.util.find_spec("aisix.lambda_runtime.emulator") is None:
-        ctx.report.add(s, "skipped: `aisix.lambda_runtime.emulator` is not importable in this tree")
+    if importlib.util.find_spec("aisix.local.lambda_emulator") is None:
+        ctx.report.add(s, "skipped: `aisix.local.lambda_emulator` is not importable in this tree")
         for what in ("CPU per non-streamed request", "CPU per relayed chunk", "added time to first token"):
             ctx.report.target(f"Lambda path: {what}", "–", "skipped", None)
         return
     plan = ctx.plan
     ctx.report.add(
         s,
-        "`python -m aisix.lambda_runtime.emulator` (function URL front door + runtime API; started through "
+        "`python -m aisix.local.lambda_emulator` (function URL front door + runtime API; started through "
         "bench/lambda_emulator.py, which only adds a port to read what the emulator recorded) on core 0 runs "
         "the real runtime loop, `python -m aisix.lambda_runtime <app>`, as a subprocess pinned to core 1, with "
         "`AISIX_UPSTREAM_TRANSPORT=httpx` as the template deploys it. That subprocess is what is measured. "

@@ -106,7 +106,7 @@ class LambdaFront(Front):
 
         import yaml
 
-        from aisix.lambda_runtime.emulator import EmulatorThread, lambda_environment
+        from aisix.local.lambda_emulator import EmulatorThread, lambda_environment
 
         assert not hooks, "hooks need the in-process front"
         models = self.tmp / f"models-{uuid.uuid4().hex[:6]}.yaml"

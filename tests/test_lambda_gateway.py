@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from aisix.auth import hash_key, issue_key, key_id_for
-from aisix.lambda_runtime.emulator import EmulatorThread, lambda_environment
-from aisix.lambda_runtime.function_url import function_url_event
+from aisix.local.function_url import function_url_event
+from aisix.local.lambda_emulator import EmulatorThread, lambda_environment
 from conftest import CHAT, eventually, sse_events, wait_for_fresh_window
 
 ROOT = Path(__file__).resolve().parents[1]

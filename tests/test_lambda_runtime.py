@@ -32,8 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # the runtime and the fixture app are imported from the repo root
     sys.path.insert(0, str(ROOT))
 
-from aisix.lambda_runtime.emulator import ERROR_TYPE_PATTERN, EmulatorThread, Invocation, lambda_environment  # noqa: E402
-from aisix.lambda_runtime.function_url import function_url_event  # noqa: E402
+from aisix.local.function_url import function_url_event  # noqa: E402
+from aisix.local.lambda_emulator import ERROR_TYPE_PATTERN, EmulatorThread, Invocation, lambda_environment  # noqa: E402
 
 APP = "tests.lambda_fixtures.tiny_app:app"
 BOOTSTRAP = ROOT / "aisix" / "lambda_runtime" / "bootstrap"

@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     if not address:
         print(
             "AWS_LAMBDA_RUNTIME_API is not set: this runs inside Lambda, or against\n"
-            "`python -m aisix.lambda_runtime.emulator` locally.",
+            "`python -m aisix.local.lambda_emulator` locally.",
             file=sys.stderr,
         )
         return 2

@@ -101,7 +101,7 @@ def prepare_local(stack: ExitStack) -> None:
 
 def serve_lambda(local: bool, port: int) -> int:
     """The Lambda streaming path behind a local function URL, with the embedded default."""
-    from ..lambda_runtime.emulator import main as emulator
+    from .lambda_emulator import main as emulator
 
     with ExitStack() as stack:
         if local:

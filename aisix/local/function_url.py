@@ -3,6 +3,9 @@
 Each HTTP request becomes a payload 2.0 event shaped like a function URL's with auth
 type NONE; the runtime's streamed answer is relayed to the client as it arrives: the
 prelude becomes the status line and headers, each later chunk is written through.
+Between the two sits the invocation's `Pipe`: a client that reads slowly fills it, and
+then the emulator stops reading the runtime, whose writes stall (flow control, as on AWS);
+what one stream holds here stays bounded whatever its length.
 
 Like AWS, it does not tell the runtime when the client goes away, unless
 `propagate_disconnect` is set: then it cuts the runtime's connection, which is how a
@@ -17,16 +20,13 @@ import json
 import time
 import uuid
 from email.utils import formatdate
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import parse_qsl
 
 import h11
 
-from .emulator import reason_phrase
-from .stream import DELIMITER
-
-if TYPE_CHECKING:
-    from .emulator import Invocation, RuntimeAPIEmulator
+from .lambda_invocation import Invocation
+from .lambda_wire import DELIMITER, reason_phrase
 
 MAX_PRELUDE = 16 * 1024  # Lambda wants the prelude within the first 16 KB
 TEXT_TYPES = (
@@ -39,6 +39,14 @@ TEXT_TYPES = (
     "+xml",
 )
 _FRAMING = frozenset({"content-length", "transfer-encoding", "connection"})
+
+
+class Invoker(Protocol):
+    """What the front door needs of the emulator (kept structural: no import back)."""
+
+    def invoke(self, event: dict[str, Any], *, relay: bool = ...) -> Invocation: ...
+
+    def sever(self, invocation: Invocation) -> None: ...
 
 
 def function_url_event(
@@ -114,7 +122,7 @@ def function_url_event(
 class FunctionURL:
     def __init__(
         self,
-        emulator: RuntimeAPIEmulator,
+        emulator: Invoker,
         *,
         propagate_disconnect: bool = False,
         url_id: str = "aisixlocalfunctionurlxxxxxxxxxxx",
@@ -165,7 +173,7 @@ class FunctionURL:
                     region=self.region,
                     request_id=str(uuid.uuid4()),
                 )
-                invocation = self.emulator.invoke(event)
+                invocation = self.emulator.invoke(event, relay=True)
                 if not await _Relay(self, invocation, conn, reader, writer).run():
                     return
                 if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
@@ -202,6 +210,8 @@ class _Relay:
         try:
             return await self._relay()
         finally:
+            if self.invocation.pipe is not None:
+                self.invocation.pipe.abandon()  # whatever happens here, never stall the runtime
             if not hangup.done():
                 hangup.cancel()
                 await asyncio.wait({hangup})  # a read still waiting would block the next one
@@ -211,9 +221,11 @@ class _Relay:
     async def _relay(self) -> bool:
         head = bytearray()
         started = False
+        pipe = self.invocation.pipe
+        assert pipe is not None, "invoked with relay=True"
         while True:
-            kind, data = await self.invocation.updates.get()
-            if kind == "end":
+            data = await pipe.get()
+            if data is None:
                 break
             if started:
                 await self._send(h11.Data(data=data))

@@ -1,6 +1,6 @@
-"""A loopback Lambda: the runtime API (here) and a function URL front door (`function_url.py`).
+"""A loopback Lambda: the runtime API and Extensions API (here) and a function URL front door.
 
-Used by the tests and by `python -m aisix.lambda_runtime.emulator`, which shows the real
+Used by the tests and by `python -m aisix.local.lambda_emulator`, which shows the real
 streaming code path with `curl -N` and no AWS or Docker. AWS's own Runtime Interface
 Emulator accepts the streaming protocol but buffers the response, so it proves the
 bytes, never the timing; this one records, per invocation, every byte the runtime sent,
@@ -10,6 +10,10 @@ Why not uvicorn: this server is the *peer* of the code under test. It has to see
 request exactly as the runtime wrote it (chunk boundaries, trailers, raw bytes) and
 answer as Lambda's Go server does; an ASGI server hides all of that. So it is asyncio
 streams plus h11, which reports chunk boundaries and trailers as it parses them.
+
+Dev tooling: it lives in `aisix/local/`, outside what Lambda ships, and imports nothing
+from `aisix.lambda_runtime` (it is that package's oracle). Imports go one way:
+this module -> `function_url` -> `lambda_invocation` -> `lambda_wire`.
 """
 
 from __future__ import annotations
@@ -23,98 +27,84 @@ import json
 import os
 import re
 import signal
+import subprocess
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from http import HTTPStatus
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import h11
 
-from .stream import DELIMITER, ERROR_BODY, ERROR_TYPE
+from .function_url import FunctionURL
+from .lambda_extensions import Extension, ExtensionsAPI
+from .lambda_invocation import RECORD_LIMIT, Chunk, Invocation, Pipe
+from .lambda_wire import (
+    ERROR_BODY,
+    ERROR_TYPE,
+    ERROR_TYPE_PATTERN,
+    MAX_BUFFERED,
+    MAX_TRAILER_SECTION,
+    OK,
+    RESPONSE_MODE,
+    RUNTIME,
+    Exchange,
+    api_error,
+    request_header,
+    unless_hangup,
+)
 
-RUNTIME = "/2018-06-01/runtime"
-ERROR_TYPE_PATTERN = re.compile(r"(Runtime|Function)\.[A-Z][a-zA-Z]+")
-MAX_BUFFERED = 6 * 1024 * 1024 + 100  # Lambda answers 413 above this
-MAX_TRAILER_SECTION = 4096  # at or above: Runtime.TruncatedResponse
-OK = {"status": "OK"}
+__all__ = [
+    "ERROR_TYPE_PATTERN",
+    "Chunk",
+    "EmulatorThread",
+    "Extension",
+    "Invocation",
+    "RuntimeAPIEmulator",
+    "lambda_environment",
+    "main",
+]
 
 T = TypeVar("T")
-
-
-@dataclass
-class Chunk:
-    at: float  # time.monotonic() when the chunk's last byte arrived
-    data: bytes
-
-
-@dataclass(eq=False)
-class Invocation:
-    """One event, and everything the runtime sent back for it."""
-
-    request_id: str
-    event: dict[str, Any]
-    timeout_ms: int
-    break_after_chunks: int | None = None  # cut the runtime's connection after this many chunks
-    deadline_ms: int = 0
-    dispatched: bool = False
-    # What the runtime sent for it (its /response or /error request).
-    headers: list[tuple[str, str]] = field(default_factory=list)
-    raw: bytes = b""
-    chunks: list[Chunk] = field(default_factory=list)
-    trailers: dict[str, str] = field(default_factory=dict)
-    body: bytes = b""  # the buffered result, or the whole streamed body
-    error: dict[str, Any] | None = None  # {"type", "body"} from /error or the error trailers
-    outcome: str | None = None  # "response", "error", "rejected" or "broken"
-    answered: int | None = None  # the status we answered the runtime with
-    finished: threading.Event = field(default_factory=threading.Event)
-    updates: asyncio.Queue[tuple[str, bytes]] = field(default_factory=asyncio.Queue)
-
-    def header(self, name: str) -> str | None:
-        name = name.lower()
-        return next((v for k, v in self.headers if k.lower() == name), None)
-
-    @property
-    def streamed(self) -> bool:
-        return self.header("Lambda-Runtime-Function-Response-Mode") == "streaming"
-
-    @property
-    def prelude(self) -> dict[str, Any]:
-        head, found, _ = self.body.partition(DELIMITER)
-        if not found:
-            raise ValueError("no prelude delimiter in the streamed body")
-        return json.loads(head)
-
-    @property
-    def payload(self) -> bytes:
-        return self.body.partition(DELIMITER)[2]
-
-    def wait(self, timeout: float = 10.0) -> Invocation:
-        if not self.finished.wait(timeout):
-            raise TimeoutError(f"invocation {self.request_id} not finished after {timeout} s")
-        return self
 
 
 class RuntimeAPIEmulator:
     """The runtime API on loopback: queue events with `invoke()`, read the answers off the records."""
 
     def __init__(
-        self, *, function_name: str = "aisix-local", default_timeout_ms: int = 900_000, history: int | None = None
+        self,
+        *,
+        function_name: str = "aisix-local",
+        default_timeout_ms: int = 900_000,
+        history: int | None = None,
+        external_extensions: frozenset[str] = frozenset(),
+        share: RuntimeAPIEmulator | None = None,
     ) -> None:
+        self.function_name = function_name
         self.function_arn = f"arn:aws:lambda:us-east-1:000000000000:function:{function_name}"
         self.default_timeout_ms = default_timeout_ms
         self.history = history  # finished invocations to keep (None: all, as tests want)
-        self.invocations: dict[str, Invocation] = {}
         self.init_errors: list[dict[str, Any]] = []
         self.restores = 0
         self.address = ""
-        self._pending: asyncio.Queue[Invocation] = asyncio.Queue()
-        self._streams: dict[str, asyncio.StreamWriter] = {}
+        # One execution environment: its own extensions and init; `share` makes it another
+        # warm instance taking events from the same queue (`--concurrency`).
+        self.extensions = ExtensionsAPI(function_name=function_name, external=external_extensions)
+        self.invocations: dict[str, Invocation] = share.invocations if share else {}
+        self._pending: asyncio.Queue[Invocation] = share._pending if share else asyncio.Queue()
+        self._streams: dict[str, asyncio.StreamWriter] = share._streams if share else {}
         self._connections: set[asyncio.StreamWriter] = set()
         self._server: asyncio.Server | None = None
+
+    @property
+    def registered_extensions(self) -> list[Extension]:
+        return list(self.extensions.extensions.values())
+
+    @property
+    def held_bytes(self) -> int:
+        """What unfinished invocations hold in this process now (records, pipes, partial chunks)."""
+        return sum(inv.held for inv in list(self.invocations.values()) if inv.outcome is None)
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         self._server = await asyncio.start_server(self._serve, host, port)
@@ -136,13 +126,20 @@ class RuntimeAPIEmulator:
         timeout_ms: int | None = None,
         request_id: str | None = None,
         break_after_chunks: int | None = None,
+        relay: bool = False,
     ) -> Invocation:
-        """Queue an event for the runtime's next `/invocation/next`."""
+        """Queue an event for the runtime's next `/invocation/next`.
+
+        With `relay`, the body is meant for an HTTP client reading `invocation.pipe`: at most
+        `RECORD_LIMIT` bytes of it are recorded, and the pipe's back-pressure applies.
+        """
         invocation = Invocation(
             request_id=request_id or str(uuid.uuid4()),
             event=event,
             timeout_ms=timeout_ms or self.default_timeout_ms,
             break_after_chunks=break_after_chunks,
+            record_limit=RECORD_LIMIT if relay else None,
+            pipe=Pipe() if relay else None,
         )
         self.invocations[invocation.request_id] = invocation
         self._pending.put_nowait(invocation)
@@ -158,12 +155,20 @@ class RuntimeAPIEmulator:
         if writer is not None:
             writer.transport.abort()
 
+    def new_environment(self) -> None:
+        """A fresh execution environment (after a crash): init again, no extension registered."""
+        self.extensions = ExtensionsAPI(function_name=self.function_name, external=self.extensions.external)
+
+    def spin_down(self, deadline_ms: int, reason: str = "spindown") -> None:
+        """Tell the extensions subscribed to SHUTDOWN (the runtime gets SIGTERM from the caller)."""
+        self.extensions.shutdown(reason, deadline_ms)
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._connections.add(writer)
         conn = h11.Connection(h11.SERVER)
         try:
             while True:
-                exchange = _Exchange(conn, reader, writer)
+                exchange = Exchange(conn, reader, writer)
                 request = await exchange.next_event()
                 if not isinstance(request, h11.Request):
                     return
@@ -180,97 +185,122 @@ class RuntimeAPIEmulator:
             self._connections.discard(writer)
             writer.close()
 
-    async def _route(self, request: h11.Request, ex: _Exchange) -> bool:
+    async def _route(self, request: h11.Request, ex: Exchange) -> bool:
         method, target = request.method.decode(), request.target.decode()
         if method == "GET" and target == f"{RUNTIME}/invocation/next":
             return await self._next(ex)
         if method == "GET" and target == f"{RUNTIME}/restore/next":
             await ex.read_body()
+            self.extensions.close_registration()  # the runtime is ready: init is over
             self.restores += 1
             return await ex.respond(200, {})
         if method == "POST" and target == f"{RUNTIME}/init/error":
             body = await ex.read_body()
-            kind = _header(request, ERROR_TYPE)
+            kind = request_header(request, ERROR_TYPE)
             self.init_errors.append({"type": _error_type(kind), "body": _json(body or b"")})
             return await ex.respond(202, OK)
         match = re.fullmatch(rf"{RUNTIME}/invocation/([^/]+)/(response|error)", target)
         if method == "POST" and match:
             return await self._result(request, ex, match[1], match[2])
-        return await ex.respond(404, _api_error("Not found", "NotFound"), close=True)
+        handled = await self.extensions.route(request, ex)
+        if handled is not None:
+            return handled
+        return await ex.respond(404, api_error("Not found", "NotFound"), close=True)
 
-    async def _next(self, ex: _Exchange) -> bool:
+    async def _next(self, ex: Exchange) -> bool:
         await ex.read_body()
-        getter = asyncio.ensure_future(self._pending.get())
-        hangup = asyncio.ensure_future(ex.reader.read(1))  # EOF: the runtime went away while waiting
-        done, pending = await asyncio.wait({getter, hangup}, return_when=asyncio.FIRST_COMPLETED)
-        for task in pending:
-            task.cancel()
-        await asyncio.wait(pending)  # a read still waiting would block the next one on this reader
-        if getter not in done:
+        self.extensions.close_registration()
+
+        async def take() -> Invocation:
+            await self.extensions.wait_ready()  # init ends when every extension called its /next
+            return await self._pending.get()
+
+        getter, left = await unless_hangup(ex.reader, take())
+        if getter.cancelled():
             return False
-        invocation = getter.result()
-        if hangup in done:
+        invocation: Invocation = getter.result()
+        if left:
             self._pending.put_nowait(invocation)
             return False
         invocation.dispatched = True
         invocation.deadline_ms = int(time.time() * 1000) + invocation.timeout_ms
+        trace_id = f"Root=1-{int(time.time()):08x}-{uuid.uuid4().hex[:24]};Sampled=0"
         headers = [
             ("Lambda-Runtime-Aws-Request-Id", invocation.request_id),
             ("Lambda-Runtime-Deadline-Ms", str(invocation.deadline_ms)),
             ("Lambda-Runtime-Invoked-Function-Arn", self.function_arn),
-            ("Lambda-Runtime-Trace-Id", f"Root=1-{int(time.time()):08x}-{uuid.uuid4().hex[:24]};Sampled=0"),
+            ("Lambda-Runtime-Trace-Id", trace_id),
         ]
+        self.extensions.invoke(invocation.request_id, invocation.deadline_ms, self.function_arn, trace_id)
         return await ex.respond(200, invocation.event, headers=headers)
 
-    async def _result(self, request: h11.Request, ex: _Exchange, request_id: str, kind: str) -> bool:
+    async def _result(self, request: h11.Request, ex: Exchange, request_id: str, kind: str) -> bool:
         invocation = self.invocations.get(request_id)
         if invocation is None or not invocation.dispatched:
-            return await ex.respond(400, _api_error("Invalid request ID", "InvalidRequestID"), close=True)
+            return await ex.respond(400, api_error("Invalid request ID", "InvalidRequestID"), close=True)
         if invocation.outcome is not None:
-            return await ex.respond(403, _api_error("Invalid state transition", "InvalidStateTransition"), close=True)
+            return await ex.respond(403, api_error("Invalid state transition", "InvalidStateTransition"), close=True)
         invocation.headers = [(n.decode(), v.decode("latin-1")) for n, v in request.headers.raw_items()]
         if kind == "error":
             body = await ex.read_body() or b""
             error = {"type": _error_type(invocation.header(ERROR_TYPE)), "body": _json(body)}
             self._settle(invocation, "error", ex, body=body, error=error)
             return await ex.respond(202, OK)
-        mode = invocation.header("Lambda-Runtime-Function-Response-Mode")
+        mode = invocation.header(RESPONSE_MODE)
         if mode is not None and mode != "streaming":
             error = {"type": "InvalidFunctionResponseMode", "body": mode}
             self._settle(invocation, "rejected", ex, error=error, answered=400)
             return await ex.respond(
-                400, _api_error(f"Invalid response mode {mode!r}", "InvalidFunctionResponseMode"), close=True
+                400, api_error(f"Invalid response mode {mode!r}", "InvalidFunctionResponseMode"), close=True
             )
         if mode == "streaming":
             return await self._stream(invocation, ex)
         result = await ex.read_body(limit=MAX_BUFFERED)
         if result is None:  # too large: the runtime may still report an /error
             invocation.answered = 413
-            return await ex.respond(413, _api_error("Response payload too large", "RequestEntityTooLarge"), close=True)
+            return await ex.respond(413, api_error("Response payload too large", "RequestEntityTooLarge"), close=True)
         self._settle(invocation, "response", ex, body=result)
         return await ex.respond(202, OK)
 
-    async def _stream(self, invocation: Invocation, ex: _Exchange) -> bool:
+    async def _stream(self, invocation: Invocation, ex: Exchange) -> bool:
+        """Read the streamed body chunk by chunk, passing each piece on as it arrives.
+
+        With a pipe (a client reads it), a full pipe stops this loop reading the runtime's
+        connection, so its writes stall; with `record_limit`, the record stops growing.
+        """
         self._streams[invocation.request_id] = ex.writer
-        body, pending = bytearray(), bytearray()
+        ex.keep_raw = invocation.record_limit
+        pending = bytearray()  # the chunk in progress, while it is being recorded
+        recording = True
+        recorded = 0
+        limit = invocation.record_limit
         try:
             while True:
                 event = await ex.next_event()
                 if isinstance(event, h11.Data):
-                    pending += event.data
+                    invocation.bytes_received += len(event.data)
+                    if recording:
+                        pending += event.data
+                        if limit is not None and recorded + len(pending) > limit:
+                            recording, invocation.complete = False, False
+                            pending.clear()
+                    self._account(invocation, ex, recorded + len(pending))
+                    if invocation.pipe is not None:
+                        await invocation.pipe.put(event.data)
                     if not event.chunk_end:
                         continue
-                    chunk = Chunk(time.monotonic(), bytes(pending))
-                    pending.clear()
-                    invocation.chunks.append(chunk)
-                    body += chunk.data
-                    invocation.updates.put_nowait(("chunk", chunk.data))
+                    invocation.chunk_count += 1
+                    invocation.last_chunk_at = time.monotonic()
+                    if recording:
+                        invocation.chunks.append(Chunk(invocation.last_chunk_at, bytes(pending)))
+                        recorded += len(pending)
+                        pending.clear()
                     if (
                         invocation.break_after_chunks is not None
-                        and len(invocation.chunks) >= invocation.break_after_chunks
+                        and invocation.chunk_count >= invocation.break_after_chunks
                     ):
                         ex.writer.transport.abort()
-                        self._settle(invocation, "broken", ex, body=bytes(body))
+                        self._settle(invocation, "broken", ex)
                         return False
                 elif isinstance(event, h11.EndOfMessage):
                     invocation.trailers = {n.decode(): v.decode("latin-1") for n, v in event.headers.raw_items()}
@@ -278,17 +308,23 @@ class RuntimeAPIEmulator:
                 else:
                     raise ConnectionError("connection closed mid-stream")
         except (ConnectionError, h11.ProtocolError):
-            self._settle(invocation, "broken", ex, body=bytes(body))
+            self._settle(invocation, "broken", ex)
             return False
         finally:
             self._streams.pop(invocation.request_id, None)
-        error = self._trailer_error(invocation, bytes(ex.raw))
-        self._settle(invocation, "error" if error else "response", ex, body=bytes(body), error=error)
+        error = self._trailer_error(invocation, bytes(ex.tail))
+        self._settle(invocation, "error" if error else "response", ex, error=error)
         return await ex.respond(202, OK)
 
     @staticmethod
-    def _trailer_error(invocation: Invocation, raw: bytes) -> dict[str, Any] | None:
-        section = len(raw) - (raw.rfind(b"\r\n0\r\n") + len(b"\r\n0\r\n"))
+    def _account(invocation: Invocation, ex: Exchange, record_bytes: int) -> None:
+        pipe = invocation.pipe.held if invocation.pipe is not None else 0
+        invocation.held = record_bytes + len(ex.raw) + len(ex.tail) + pipe
+        invocation.peak_held = max(invocation.peak_held, invocation.held)
+
+    @staticmethod
+    def _trailer_error(invocation: Invocation, tail: bytes) -> dict[str, Any] | None:
+        section = len(tail) - (tail.rfind(b"\r\n0\r\n") + len(b"\r\n0\r\n"))
         if section >= MAX_TRAILER_SECTION:
             return {"type": "Runtime.TruncatedResponse", "body": None}
         trailers = {k.lower(): v for k, v in invocation.trailers.items()}
@@ -303,85 +339,27 @@ class RuntimeAPIEmulator:
     def _settle(
         invocation: Invocation,
         outcome: str,
-        ex: _Exchange,
+        ex: Exchange,
         *,
-        body: bytes = b"",
+        body: bytes | None = None,
         error: dict[str, Any] | None = None,
         answered: int = 202,
     ) -> None:
         invocation.outcome = outcome
         invocation.raw = bytes(ex.raw)
-        invocation.body = body
+        invocation.complete = invocation.complete and ex.raw_complete
+        invocation.body = body if body is not None else b"".join(c.data for c in invocation.chunks)
         invocation.error = error
         invocation.answered = None if outcome == "broken" else answered
+        invocation.held = 0
         invocation.finished.set()
-        invocation.updates.put_nowait(("end", b""))
-
-
-class _Exchange:
-    """One request/response on a server connection, recording the raw bytes it read."""
-
-    def __init__(self, conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.conn, self.reader, self.writer = conn, reader, writer
-        self.raw = bytearray()
-
-    async def next_event(self) -> Any:
-        while True:
-            event = self.conn.next_event()
-            if event is not h11.NEED_DATA:
-                return event
-            data = await self.reader.read(65536)
-            self.raw += data
-            self.conn.receive_data(data)
-
-    async def read_body(self, limit: int | None = None) -> bytes | None:
-        """The whole request body, or None once it exceeds `limit`."""
-        body = bytearray()
-        while True:
-            event = await self.next_event()
-            if isinstance(event, h11.Data):
-                body += event.data
-                if limit is not None and len(body) > limit:
-                    return None
-            elif isinstance(event, h11.EndOfMessage):
-                return bytes(body)
-            else:
-                raise ConnectionError("connection closed before the request body ended")
-
-    async def respond(
-        self, status: int, body: Any, *, headers: Sequence[tuple[str, str]] = (), close: bool = False
-    ) -> bool:
-        payload = json.dumps(body).encode()
-        head = [("Content-Type", "application/json"), ("Content-Length", str(len(payload))), *headers]
-        if close:
-            head.append(("Connection", "close"))
-        response = h11.Response(status_code=status, headers=head, reason=reason_phrase(status))
-        self.writer.write(
-            self.conn.send(response) + self.conn.send(h11.Data(data=payload)) + self.conn.send(h11.EndOfMessage())
-        )
-        await self.writer.drain()
-        return not close
-
-
-def reason_phrase(status: int) -> bytes:
-    try:
-        return HTTPStatus(status).phrase.encode()
-    except ValueError:
-        return b""
-
-
-def _header(request: h11.Request, name: str) -> str | None:
-    name_b = name.lower().encode()
-    return next((v.decode("latin-1") for k, v in request.headers if k == name_b), None)
+        if invocation.pipe is not None:
+            invocation.pipe.close()
 
 
 def _error_type(value: str | None) -> str:
     """What Lambda records: the given type if well-formed, else Runtime.Unknown."""
     return value if value and ERROR_TYPE_PATTERN.fullmatch(value) else "Runtime.Unknown"
-
-
-def _api_error(message: str, error_type: str) -> dict[str, str]:
-    return {"errorMessage": message, "errorType": error_type}
 
 
 def _json(body: bytes) -> Any:
@@ -427,8 +405,6 @@ class EmulatorThread:
         self.call(self._create)
         self._run(self.emulator.start())
         if self._want_url:
-            from .function_url import FunctionURL
-
             front = self.call(lambda: FunctionURL(self.emulator, **self._options))
             host, port = self._run(front.start("127.0.0.1", 0))
             self.url = f"http://{host}:{port}"
@@ -450,6 +426,30 @@ class EmulatorThread:
     def invoke(self, event: dict[str, Any], **options: Any) -> Invocation:
         return self.call(lambda: self.emulator.invoke(event, **options))
 
+    def shutdown(self, process: subprocess.Popen[Any], grace: float = 0.5) -> bool:
+        """Spin the environment down as Lambda does; True if the runtime exited by itself.
+
+        With an extension registered, the runtime gets SIGTERM and `grace` seconds (Lambda:
+        500 ms with an internal extension, 300 ms beside external ones), then SIGKILL;
+        extensions subscribed to SHUTDOWN get the event. With none registered: SIGKILL at once.
+        """
+        if process.poll() is not None:
+            return True
+        if not self.call(lambda: self.emulator.registered_extensions):
+            process.kill()
+            process.wait()
+            return False
+        deadline_ms = int((time.time() + grace) * 1000)
+        process.send_signal(signal.SIGTERM)
+        self.call(lambda: self.emulator.spin_down(deadline_ms))
+        try:
+            process.wait(grace)
+            return True
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            return False
+
     def call(self, fn: Callable[[], T]) -> T:
         """Run `fn` on the emulator's loop thread and return its result."""
 
@@ -459,18 +459,19 @@ class EmulatorThread:
         return self._run(wrapper())
 
     def _create(self) -> None:
-        self.emulator = RuntimeAPIEmulator()
+        emulator_options = {k: self._options.pop(k) for k in ("external_extensions",) if k in self._options}
+        self.emulator = RuntimeAPIEmulator(**emulator_options)
 
     def _run(self, coro: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)
 
 
-# --- `python -m aisix.lambda_runtime.emulator` -------------------------------------------
+# --- `python -m aisix.local.lambda_emulator` ---------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m aisix.lambda_runtime.emulator",
+        prog="python -m aisix.local.lambda_emulator",
         description="Serve an ASGI app through the real Lambda streaming runtime, behind a local function URL.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="front door address (default 127.0.0.1)")
@@ -495,8 +496,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    from .function_url import FunctionURL
-
     emulator = RuntimeAPIEmulator(default_timeout_ms=args.timeout * 1000, history=100)
     address = await emulator.start()
     front = FunctionURL(emulator, propagate_disconnect=args.propagate_disconnect)
@@ -507,21 +506,30 @@ async def _serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    env = {**os.environ, **lambda_environment(address)}
+    # Each runtime process is its own execution environment (its own init and extensions),
+    # taking events from the one queue behind the front door.
+    environments = [emulator]
+    for _ in range(0 if args.no_runtime else args.concurrency - 1):
+        sibling = RuntimeAPIEmulator(default_timeout_ms=args.timeout * 1000, history=100, share=emulator)
+        await sibling.start()
+        environments.append(sibling)
     if args.no_runtime:
         print(f"export AWS_LAMBDA_RUNTIME_API={address}", flush=True)
         supervisors = []
     else:
-        supervisors = [asyncio.ensure_future(_supervise(args.app, env, stop)) for _ in range(args.concurrency)]
+        supervisors = [asyncio.ensure_future(_supervise(args.app, env, stop)) for env in environments]
     await stop.wait()
     await asyncio.gather(*supervisors)
     await front.close()
-    await emulator.close()
+    for env in environments:
+        await env.close()
 
 
-async def _supervise(app: str, env: dict[str, str], stop: asyncio.Event) -> None:
+async def _supervise(app: str, environment: RuntimeAPIEmulator, stop: asyncio.Event) -> None:
     """Keep one runtime process alive, restarting it like Lambda does after a crash."""
+    env = {**os.environ, **lambda_environment(environment.address)}
     while not stop.is_set():
+        environment.new_environment()
         process = await asyncio.create_subprocess_exec(sys.executable, "-m", "aisix.lambda_runtime", app, env=env)
         waiter = asyncio.ensure_future(process.wait())
         stopper = asyncio.ensure_future(stop.wait())
@@ -529,7 +537,9 @@ async def _supervise(app: str, env: dict[str, str], stop: asyncio.Event) -> None
         if stop.is_set():
             stopper.cancel()
             if process.returncode is None:
-                process.terminate()  # SIGTERM: the runtime runs the app's lifespan shutdown
+                # SIGTERM: the runtime runs the app's lifespan shutdown (more time than Lambda gives).
+                environment.spin_down(int(time.time() * 1000) + 5000)
+                process.terminate()
                 try:
                     await asyncio.wait_for(waiter, 5)
                 except TimeoutError:
