@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PORT ?= 3000
 
-.PHONY: run test bench lint lambda-local install clean
+.PHONY: run test bench lint lambda-local install clean package build-GatewayFunction
 
 install: $(VENV)/.installed
 
@@ -30,5 +30,21 @@ lint: install  ## cfn-lint on the SAM template
 lambda-local: install  ## the Lambda streaming path (function URL emulation) on http://localhost:3001, embedded default
 	$(PY) -m aisix serve --local --lambda --port 3001
 
+# The Lambda package (tools/lambda_package.py): handler, models file, aisix without its dev tooling, the
+# runtime dependencies Lambda imports, precompiled bytecode. For Lambda (python3.13, arm64) by default;
+# the bytecode needs a Python of the target version: LAMBDA_COMPILE_PYTHON, python3.13 on PATH, or
+# `sam build --use-container`.
+LAMBDA_PYTHON_VERSION ?= 3.13
+LAMBDA_PLATFORM ?= manylinux2014_aarch64
+LAMBDA_COMPILE_PYTHON ?=
+LAMBDA_BUILD = tools/lambda_package.py --platform "$(LAMBDA_PLATFORM)" --python-version $(LAMBDA_PYTHON_VERSION) \
+	$(if $(LAMBDA_COMPILE_PYTHON),--compile-python "$(LAMBDA_COMPILE_PYTHON)")
+
+build-GatewayFunction:  ## what `sam build` runs (BuildMethod: makefile): the package into $(ARTIFACTS_DIR)
+	$(PYTHON) $(LAMBDA_BUILD) "$(ARTIFACTS_DIR)"
+
+package: install  ## the same package in .aws-sam/package/ and .aws-sam/package.zip, without SAM
+	$(PY) $(LAMBDA_BUILD) .aws-sam/package --zip .aws-sam/package.zip
+
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache .aws-sam/package .aws-sam/package.zip

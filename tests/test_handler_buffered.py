@@ -10,6 +10,7 @@ import base64
 import importlib
 import json
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -33,6 +34,8 @@ def lambda_handler(monkeypatch, tmp_path, store, upstream):
     monkeypatch.setenv("AISIX_KEYS_TABLE", store.keys_table)
     monkeypatch.setenv("AISIX_COUNTERS_TABLE", store.counters_table)
     monkeypatch.setenv("AISIX_DYNAMODB_ENDPOINT", store.client.meta.endpoint_url)
+    # Charges written as they happen (Lambda may otherwise coalesce them across invocations).
+    monkeypatch.setenv("AISIX_TOKEN_FLUSH_SECONDS", "0")
     sys.modules.pop("handler", None)
     module = importlib.import_module("handler")
     yield module
@@ -114,7 +117,7 @@ def test_rest_api_v1_streamed_request_is_answered_whole(lambda_handler, store):
     assert result["statusCode"] == 200
     events = sse_events(body_of(result))
     assert events[-1] == "[DONE]" and len(events) > 10
-    # On Lambda, token charges are written before the invocation returns.
+    # With AISIX_TOKEN_FLUSH_SECONDS=0 the charge is written before the invocation returns.
     assert store.read_window(key_id_for(hash_key(secret))).tokens > 0
 
 
@@ -129,3 +132,97 @@ def test_errors_before_the_call_are_http_errors(lambda_handler, store):
     auth = {"authorization": f"Bearer {secret}", "content-type": "application/json"}
     event = http_api_event("POST", "/v1/chat/completions", auth, json.dumps({**CHAT, "model": "nope"}).encode())
     assert lambda_handler.handler(event, CONTEXT)["statusCode"] == 404
+
+
+# --- events as SAM CLI builds them (tests/sam_events/README.md) --------------------------------
+
+SAM_EVENTS = Path(__file__).resolve().parent / "sam_events"
+
+
+def sam_event(name: str) -> dict:
+    return json.loads((SAM_EVENTS / f"{name}.json").read_text())
+
+
+def error_of(result: dict) -> dict:
+    body = json.loads(body_of(result))
+    assert set(body["error"]) == {"message", "type", "param", "code"}, body
+    return body["error"]
+
+
+def test_sam_generate_event_http_api_proxy(lambda_handler, store):
+    event = sam_event("generate-event-http-api-proxy")
+    # As generated (POST /path/to/resource): the app's own 404, in OpenAI's shape.
+    result = lambda_handler.handler(event, CONTEXT)
+    assert result["statusCode"] == 404
+    error_of(result)
+
+    secret, _ = issue_key(store, "sam", rpm=10)
+    event["rawPath"] = event["requestContext"]["http"]["path"] = "/v1/chat/completions"
+    event["headers"].update({"Authorization": f"Bearer {secret}", "Content-Type": "application/json"})
+    event["body"] = base64.b64encode(json.dumps(CHAT).encode()).decode()
+    result = lambda_handler.handler(event, CONTEXT)
+    assert result["statusCode"] == 200, body_of(result)
+    assert json.loads(body_of(result))["object"] == "chat.completion"
+
+
+def test_sam_generate_event_aws_proxy(lambda_handler, store):
+    event = sam_event("generate-event-aws-proxy")
+    result = lambda_handler.handler(event, CONTEXT)
+    assert result["statusCode"] == 404
+    error_of(result)
+
+    secret, _ = issue_key(store, "sam")
+    event.update(path="/v1/models", httpMethod="GET", body=None, isBase64Encoded=False)
+    event["headers"]["Authorization"] = f"Bearer {secret}"
+    event["multiValueHeaders"]["Authorization"] = [f"Bearer {secret}"]
+    result = lambda_handler.handler(event, CONTEXT)
+    assert result["statusCode"] == 200, body_of(result)
+    assert [m["id"] for m in json.loads(body_of(result))["data"]] == ["my-gpt4-mini"]
+
+
+def start_api_event(method: str, path: str, headers: dict | None = None, body: str | None = None) -> dict:
+    """`sam local start-api`'s event for an HTTP API route: header case as sent, timeEpoch in seconds, plain body."""
+    event = sam_event("start-api-http-api")
+    event["rawPath"] = event["requestContext"]["http"]["path"] = path
+    event["requestContext"]["http"]["method"] = method
+    if headers is not None:
+        event["headers"] = {"Host": "127.0.0.1:3000", "X-Forwarded-Proto": "http", "X-Forwarded-Port": "3000",
+                            **headers}
+    event["body"] = body
+    return event
+
+
+@pytest.mark.parametrize("auth_name, type_name", [("Authorization", "Content-Type"),
+                                                  ("AUTHORIZATION", "content-TYPE")])
+def test_sam_start_api_streamed_request_answers_whole(lambda_handler, store, auth_name, type_name):
+    secret, _ = issue_key(store, "sam", rpm=10)
+    event = start_api_event("POST", "/v1/chat/completions", {auth_name: f"Bearer {secret}",
+                                                             type_name: "application/json"},
+                            json.dumps({**CHAT, "stream": True}))
+    assert event["requestContext"]["timeEpoch"] < 10**10  # seconds, as SAM sends it
+    result = lambda_handler.handler(event, CONTEXT)
+    assert result["statusCode"] == 200, body_of(result)
+    assert result["headers"]["content-type"].startswith("text/event-stream")
+    events = sse_events(body_of(result))
+    assert events[-1] == "[DONE]" and json.loads(events[0])["object"] == "chat.completion.chunk"
+    assert result["headers"]["x-ratelimit-remaining-requests"] == "9"
+
+
+def test_sam_start_api_plain_body_errors_and_every_route(lambda_handler, store):
+    secret, _ = issue_key(store, "sam")
+    auth = {"Authorization": f"Bearer {secret}", "Content-Type": "application/json"}
+    # a plain (not base64) body that is not JSON is the client's 400, not a decoding accident
+    result = lambda_handler.handler(start_api_event("POST", "/v1/chat/completions", auth, "{not json"), CONTEXT)
+    assert result["statusCode"] == 400
+    assert error_of(result)["type"] == "invalid_request_error"
+    # the key is read whatever the header's case
+    result = lambda_handler.handler(start_api_event("GET", "/v1/models", {"authorization": "Bearer nope"}), CONTEXT)
+    assert result["statusCode"] == 401
+    for path in ("/v1/models", "/models"):
+        result = lambda_handler.handler(start_api_event("GET", path, auth), CONTEXT)
+        assert result["statusCode"] == 200, (path, body_of(result))
+    assert json.loads(body_of(lambda_handler.handler(start_api_event("GET", "/health", {}), CONTEXT))) == {
+        "status": "ok"}
+    openapi = lambda_handler.handler(start_api_event("GET", "/openapi.json", {}), CONTEXT)
+    assert openapi["statusCode"] == 200 and "/v1/chat/completions" in json.loads(body_of(openapi))["paths"]
+    assert lambda_handler.handler(start_api_event("GET", "/v1/nothing-here", auth), CONTEXT)["statusCode"] == 404
