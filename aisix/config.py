@@ -144,17 +144,67 @@ def _expand(value: Any, environ: Mapping[str, str]) -> Any:
     return value
 
 
-def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] = os.environ) -> GatewayConfig:
-    """Read and validate the models file; every problem is reported with its place."""
+def _read_models_file(path: str | os.PathLike[str]) -> Any:
+    """The file's YAML; a problem is one line naming the file (and the line, for bad YAML)."""
     try:
         text = Path(path).read_text()
     except OSError as exc:
-        raise ConfigError(f"cannot read models file {str(path)!r}: {exc.strerror}") from None
+        raise ConfigError(
+            f"cannot read models file {str(path)!r} ({exc.strerror}); AISIX_CONFIG names the file"
+        ) from None
     try:
-        raw = yaml.safe_load(text) or {}
+        return yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    return parse_config(raw, environ, default_created=int(Path(path).stat().st_mtime))
+        mark = getattr(exc, "problem_mark", None)
+        where = f", line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise ConfigError(f"{path}{where}: not valid YAML ({problem})") from None
+
+
+def load_config(
+    path: str | os.PathLike[str], environ: Mapping[str, str] = os.environ, *, require_keys: bool = True
+) -> GatewayConfig:
+    """Read and validate the models file; every problem is one line naming the file and the alias.
+
+    With ``require_keys``, a model whose ``api_key_env`` names a variable that
+    is unset (or empty) is an error: the gateway would otherwise call the
+    upstream without credentials and every call would fail there.
+    """
+    raw = _read_models_file(path)
+    try:
+        config = parse_config(raw, environ, default_created=int(Path(path).stat().st_mtime))
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    if require_keys:
+        for model in config.models.values():
+            if model.api_key_env and not model.api_key:
+                raise ConfigError(
+                    f"{path}: model {model.name!r}: api_key_env names {model.api_key_env}, which is not set "
+                    f"(set it to the upstream's key, to anything for an upstream that needs none, "
+                    f"or remove api_key_env)"
+                )
+    return config
+
+
+def model_names(path: str | os.PathLike[str], environ: Mapping[str, str] = os.environ) -> frozenset[str]:
+    """The aliases the models file declares, without needing what serving them needs (keys, URLs)."""
+    raw = _read_models_file(path)
+    entries = raw.get("models") if isinstance(raw, dict) else None
+    if not isinstance(entries, list):
+        raise ConfigError(f"{path}: 'models' must be a non-empty list")
+    names = set()
+    for index, entry in enumerate(entries):
+        name = entry.get("name") if isinstance(entry, dict) else None
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"{path}: models[{index}]: name is required and must be a string")
+        try:
+            names.add(_expand(name, environ))
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: models[{index}]: name: {exc}") from None
+    return frozenset(names)
+
+
+_MODEL_KEYS = frozenset({"name", "provider", "model", "base_url", "api_key_env", "timeout", "created", "owned_by"})
 
 
 def parse_config(
@@ -162,49 +212,64 @@ def parse_config(
 ) -> GatewayConfig:
     if not isinstance(raw, dict):
         raise ConfigError("the models file must be a mapping with a 'models' list")
-    raw = _expand(raw, environ)
     entries = raw.get("models")
     if not isinstance(entries, list) or not entries:
         raise ConfigError("'models' must be a non-empty list")
     models: dict[str, ModelConfig] = {}
     for index, entry in enumerate(entries):
-        where = f"models[{index}]"
-        if not isinstance(entry, dict):
-            raise ConfigError(f"{where} must be a mapping")
-        unknown = set(entry) - {
-            "name", "provider", "model", "base_url", "api_key_env", "timeout", "created", "owned_by"
-        }
-        if unknown:
-            raise ConfigError(f"{where}: unknown keys {sorted(unknown)}")
-        for required in ("name", "model", "base_url"):
-            if not isinstance(entry.get(required), str) or not entry[required]:
-                raise ConfigError(f"{where}.{required} is required and must be a string")
-        name = entry["name"]
-        if name in models:
-            raise ConfigError(f"{where}: duplicate model name {name!r}")
-        provider = entry.get("provider", "openai")
-        if provider not in PROVIDERS:
-            raise ConfigError(f"{where}.provider {provider!r} is not one of {list(PROVIDERS)}")
-        timeout = entry.get("timeout", 60)
-        if not isinstance(timeout, (int, float)) or timeout <= 0:
-            raise ConfigError(f"{where}.timeout must be a positive number of seconds")
-        api_key_env = entry.get("api_key_env")
-        if api_key_env is not None and not isinstance(api_key_env, str):
-            raise ConfigError(f"{where}.api_key_env must name an environment variable")
-        if not entry["base_url"].startswith(("http://", "https://")):
-            raise ConfigError(f"{where}.base_url must be an http(s) URL")
-        models[name] = ModelConfig(
-            name=name,
-            provider=provider,
-            model=entry["model"],
-            base_url=entry["base_url"],
-            timeout=float(timeout),
-            api_key_env=api_key_env,
-            created=int(entry.get("created", default_created)),
-            owned_by=str(entry.get("owned_by", "aisix")),
-            api_key=environ.get(api_key_env) if api_key_env else None,
-        )
-    hooks = raw.get("hooks") or []
+        model = _parse_model(index, entry, environ, default_created)
+        if model.name in models:
+            raise ConfigError(f"models[{index}]: duplicate model name {model.name!r}")
+        models[model.name] = model
+    try:
+        hooks = _expand(raw.get("hooks") or [], environ)
+    except ConfigError as exc:
+        raise ConfigError(f"hooks: {exc}") from None
     if not isinstance(hooks, list) or not all(isinstance(h, str) and ":" in h for h in hooks):
         raise ConfigError("'hooks' must be a list of import paths like 'package.module:HookClass'")
     return GatewayConfig(models=models, hooks=tuple(hooks))
+
+
+def _parse_model(index: int, entry: Any, environ: Mapping[str, str], default_created: int) -> ModelConfig:
+    """One ``models`` entry; errors name the alias when it has one (``model 'x' (models[0])``)."""
+    where = f"models[{index}]"
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where} must be a mapping")
+    if isinstance(entry.get("name"), str) and entry["name"]:
+        where = f"model {entry['name']!r} ({where})"
+    try:
+        entry = _expand(entry, environ)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    unknown = set(entry) - _MODEL_KEYS
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {sorted(unknown)}")
+    for required in ("name", "model", "base_url"):
+        if not isinstance(entry.get(required), str) or not entry[required]:
+            raise ConfigError(f"{where}: {required} is required and must be a string")
+    provider = entry.get("provider", "openai")
+    if provider not in PROVIDERS:
+        raise ConfigError(f"{where}: provider {provider!r} is not one of {list(PROVIDERS)}")
+    timeout = entry.get("timeout", 60)
+    if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
+        raise ConfigError(f"{where}: timeout must be a positive number of seconds")
+    api_key_env = entry.get("api_key_env")
+    if api_key_env is not None and not isinstance(api_key_env, str):
+        raise ConfigError(f"{where}: api_key_env must name an environment variable")
+    if not entry["base_url"].startswith(("http://", "https://")):
+        raise ConfigError(f"{where}: base_url must be an http(s) URL")
+    try:
+        created = int(entry.get("created", default_created))
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: created must be a whole number (Unix seconds)") from None
+    return ModelConfig(
+        name=entry["name"],
+        provider=provider,
+        model=entry["model"],
+        base_url=entry["base_url"],
+        timeout=float(timeout),
+        api_key_env=api_key_env,
+        created=created,
+        owned_by=str(entry.get("owned_by", "aisix")),
+        api_key=environ.get(api_key_env) if api_key_env else None,
+    )

@@ -199,11 +199,13 @@ class UpstreamFault:
     model: str = "my-gpt4-mini"
     within: float = 2.0  # seconds the whole answer may take
     headers: dict[str, str] = field(default_factory=dict)
+    says: str | None = None  # words the error message must contain
 
 
 UPSTREAM_FAULTS = [
-    UpstreamFault("refused-stream", {}, True, 502, "upstream_error", "none", model="dead"),
-    UpstreamFault("refused-plain", {}, False, 502, "upstream_error", "none", model="dead"),
+    # httpx-aiohttp reports a refused connection as ConnectTimeout: the client must read "refused".
+    UpstreamFault("refused-stream", {}, True, 502, "upstream_error", "none", model="dead", says="connection refused"),
+    UpstreamFault("refused-plain", {}, False, 502, "upstream_error", "none", model="dead", says="connection refused"),
     UpstreamFault("first-byte-timeout-stream", {"first_byte_delay": 3}, True, 504, "upstream_timeout", "estimate",
                   model="impatient", within=1.5),
     UpstreamFault("first-byte-timeout-plain", {"first_byte_delay": 3}, False, 504, "upstream_timeout", "estimate",
@@ -264,6 +266,8 @@ def test_upstream_fault(front, upstream, fault: UpstreamFault):
     if response.status_code != 200:
         assert response.headers["content-type"].startswith("application/json")
         assert_error(json.loads(raw)["error"], fault.code)
+        if fault.says:
+            assert fault.says in json.loads(raw)["error"]["message"]
     else:
         events = sse_events(raw)
         if fault.code is None:

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -69,6 +73,20 @@ def test_concurrent_misses_share_one_lookup(store):
     assert len(lookups) == 1
 
 
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = "models:\n" + "".join(
+    f"  - name: {name}\n    model: gpt-4o-mini\n    base_url: http://127.0.0.1:9/v1\n" for name in ("my-gpt4-mini", "other")
+)
+
+
+@pytest.fixture(autouse=True)
+def models_file(monkeypatch, tmp_path):
+    path = tmp_path / "models.yaml"
+    path.write_text(MODELS)
+    monkeypatch.setenv("AISIX_CONFIG", str(path))
+    return path
+
+
 def run_cli(monkeypatch, store, capsys, *args):
     monkeypatch.setenv("AISIX_KEYS_TABLE", store.keys_table)
     monkeypatch.setenv("AISIX_COUNTERS_TABLE", store.counters_table)
@@ -104,3 +122,69 @@ def test_counter_windows_expire_by_ttl(store):
     store.take("key_x", 999_960, 1, rpm=10, tpm=None)
     item = raw_items(store, store.counters_table)[0]
     assert int(item["expires_at"]["N"]) == 999_960 + 120
+
+
+def test_cli_refuses_a_model_the_models_file_does_not_declare(monkeypatch, store, capsys):
+    monkeypatch.setenv("AISIX_DYNAMODB_ENDPOINT", store.client.meta.endpoint_url)
+    monkeypatch.setenv("AISIX_KEYS_TABLE", store.keys_table)
+    code = cli.main(["keys", "create", "--name", "typo", "--models", "my-gpt4-mini,gpt4-mini"])
+    out, err = capsys.readouterr()
+    assert code == 1 and "secret" not in out and err.count("\n") == 1
+    assert "'gpt4-mini' not declared in" in err and "my-gpt4-mini, other" in err
+    assert store.list_keys() == [], "no key is created"
+
+
+def no_aws_credentials(**extra: str) -> dict[str, str]:
+    """The environment of a new user: no AWS credentials anywhere botocore looks."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "AISIX_"))}
+    env.update(
+        AWS_SHARED_CREDENTIALS_FILE="/nonexistent/credentials",
+        AWS_CONFIG_FILE="/nonexistent/config",
+        AWS_EC2_METADATA_DISABLED="true",
+        **extra,
+    )
+    return env
+
+
+def python_m_aisix(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "aisix", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_cli_against_a_local_dynamodb_needs_no_aws_credentials(store):
+    env = no_aws_credentials(
+        AISIX_DYNAMODB_ENDPOINT=store.client.meta.endpoint_url,
+        AISIX_KEYS_TABLE=store.keys_table,
+        AISIX_COUNTERS_TABLE=store.counters_table,
+    )
+    created = python_m_aisix(env, "keys", "create", "--name", "newcomer", "--models", "my-gpt4-mini")
+    assert created.returncode == 0, created.stderr
+    secret = created.stdout.split("secret: ")[1].split()[0]
+    assert store.get_key(hash_key(secret)).name == "newcomer", "the key is in the table the gateway reads"
+    listed = python_m_aisix(env, "keys", "list")
+    assert listed.returncode == 0 and "newcomer" in listed.stdout, listed.stderr
+
+
+def test_cli_against_aws_without_credentials_says_so_in_one_line():
+    result = python_m_aisix(no_aws_credentials(AWS_REGION="eu-west-1"), "keys", "list")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("error: no AWS credentials found for DynamoDB in eu-west-1")
+
+
+def test_cli_with_a_missing_table_says_which_and_how_to_create_it(monkeypatch, store, capsys):
+    monkeypatch.setenv("AISIX_KEYS_TABLE", "no-such-table")
+    monkeypatch.setenv("AISIX_DYNAMODB_ENDPOINT", store.client.meta.endpoint_url)
+    assert cli.main(["keys", "list"]) == 1
+    err = capsys.readouterr().err
+    assert "no table 'no-such-table'" in err and "python -m aisix tables create" in err
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "local"),
+    [(None, False), ("http://127.0.0.1:3005", True), ("http://host.docker.internal:8000", True),
+     ("http://dynamodb-local:8000", True), ("https://dynamodb.eu-west-1.amazonaws.com", False),
+     ("https://dynamodb.cn-north-1.amazonaws.com.cn", False)],
+)
+def test_which_endpoints_take_dummy_credentials(endpoint, local):
+    assert cli.is_local_endpoint(endpoint) is local

@@ -25,32 +25,91 @@ SEED_REQUEST = {
 }
 
 
-@pytest.fixture(scope="module")
-def local_gateway():
-    port = free_port()
+def local_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AISIX_", "OPENAI_"))}
+    env.update(extra)
+    return env
+
+
+def start_local(*args: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], str]:
+    """`make run`'s command (``args`` added), in its own process group as a shell starts it."""
+    port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "aisix", "serve", "--local", "--port", str(port)],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [sys.executable, "-m", "aisix", "serve", "--local", "--port", str(port), *args],
+        cwd=ROOT, env=env or local_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        process_group=0,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:
         try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                break
+            if httpx.get(url + "/health", timeout=5).status_code == 200:
+                return process, url
         except httpx.HTTPError:
             pass
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
             raise RuntimeError("make run's gateway did not start:\n" + (process.stdout.read() or ""))
         time.sleep(0.2)
-    yield url, process
-    process.send_signal(signal.SIGINT)
+
+
+def _stat(pid: int) -> tuple[str, int] | None:
+    """(state, parent pid) of a live process; None once it is gone (a zombie counts as gone)."""
     try:
-        process.wait(15)
-    except subprocess.TimeoutExpired:
-        process.kill()
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] in ("Z", "X") else (fields[0], int(fields[1]))
+
+
+def descendants(pid: int) -> dict[int, str]:
+    """Every live process under ``pid``, with its command line."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (stat := _stat(int(entry.name))):
+            parents[int(entry.name)] = stat[1]
+    found: dict[int, str] = {}
+    frontier = [pid]
+    while frontier:
+        parent = frontier.pop()
+        for child, ppid in parents.items():
+            if ppid == parent and child not in found:
+                try:
+                    found[child] = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+                except OSError:
+                    continue
+                frontier.append(child)
+    return found
+
+
+def children_running(process: subprocess.Popen[str], *modules: str, timeout: float = 30) -> dict[int, str]:
+    """The processes under ``process`` once one runs each of ``modules``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = descendants(process.pid)
+        if all(any(f"-m {m} " in cmd + " " for cmd in found.values()) for m in modules):
+            return found
+        assert time.monotonic() < deadline, f"expected {modules} under {process.pid}, found {found}"
+        time.sleep(0.1)
+
+
+def assert_all_gone(pids: dict[int, str], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while alive := {pid: cmd for pid, cmd in pids.items() if _stat(pid) is not None}:
+        assert time.monotonic() < deadline, f"still running after the gateway stopped: {alive}"
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def local_gateway():
+    process, url = start_local()
+    yield url, process
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
 
 
 def test_the_seed_curl_request_streams_with_the_demo_key(local_gateway):
@@ -85,9 +144,61 @@ def test_the_openai_sdk_works_against_make_run(local_gateway):
 
 
 def test_the_log_says_the_upstream_is_a_mock_and_prints_the_demo_key(local_gateway):
+    """And Ctrl-C (SIGINT to the terminal's whole process group) stops everything, charges written first."""
     url, process = local_gateway
-    process.send_signal(signal.SIGINT)
-    output, _ = process.communicate(timeout=15)
+    children = children_running(process, "moto.server", "aisix.local.mock_upstream")
+    os.killpg(process.pid, signal.SIGINT)
+    output, _ = process.communicate(timeout=30)
     assert "MOCK" in output and "not a real model" in output
     assert "my-secret-key" in output
     assert "token charge lost" not in output, "pending charges are written before moto stops"
+    assert "Traceback" not in output
+    assert_all_gone(children)
+
+
+LAMBDA_RUNTIME = "aisix.lambda_runtime"
+
+
+@pytest.mark.parametrize("path", ["serve", "lambda"])
+def test_sigterm_stops_everything_it_started(path):
+    """uvicorn re-raises SIGTERM once it has shut down: moto, the mock (and the runtime) must not outlive it."""
+    modules = ["moto.server", "aisix.local.mock_upstream"] + ([LAMBDA_RUNTIME] if path == "lambda" else [])
+    process, url = start_local(*(["--lambda"] if path == "lambda" else []))
+    children: dict[int, str] = {}
+    try:
+        children = children_running(process, *modules)
+        process.send_signal(signal.SIGTERM)
+        # The children share the output pipe: it ends once the last of them is gone.
+        output, _ = process.communicate(timeout=30)
+        assert "Traceback" not in output, output
+        assert_all_gone(children)
+    finally:
+        for pid in [process.pid, *children]:  # never leak them into the rest of the suite
+            if _stat(pid) is not None:
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_a_config_mistake_under_make_run_is_one_line_and_leaves_nothing_running(tmp_path):
+    """moto and the mock start before the gateway loads its models file: they are stopped when it fails."""
+    models = tmp_path / "models.yaml"
+    models.write_text(
+        "models:\n  - name: my-gpt4-mini\n    model: m\n    base_url: http://127.0.0.1:9/v1\n"
+        "    api_key_env: AISIX_TEST_UNSET_UPSTREAM_KEY\n"
+    )
+    env = local_env(AISIX_CONFIG=str(models))
+    result = subprocess.run(
+        [sys.executable, "-m", "aisix", "serve", "--local", "--port", str(free_port())],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=90,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1, result.stderr
+    assert "model 'my-gpt4-mini'" in result.stderr and "AISIX_TEST_UNSET_UPSTREAM_KEY" in result.stderr
+    marker = f"AISIX_CONFIG={models}".encode()
+    leftovers = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and marker in (entry / "environ").read_bytes().split(b"\0"):
+                leftovers.append(entry.name)
+        except OSError:
+            continue
+    assert not leftovers, "children of the failed start still run"

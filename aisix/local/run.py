@@ -5,20 +5,105 @@ With ``--local`` it starts, as child processes, moto's DynamoDB server and
 creates the demo key ``my-secret-key``; and serves the gateway with uvicorn.
 Without ``--local`` it only serves the gateway, configured from the
 environment like a deployment.
+
+``make sam-local-deps`` (`serve_deps`) starts only moto and the mock upstream,
+on fixed ports and an address a container can reach, for ``sam local start-api``.
+
+Whatever ends the process (Ctrl-C, SIGTERM, SIGHUP, a failed start), every
+child it started is stopped: see `StopOnSignals`.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
 
 DEMO_KEY = "my-secret-key"
 DEMO_MODEL = "my-gpt4-mini"
+# The mock ignores credentials; a value keeps the config check ("api_key_env names an
+# unset variable") for the real upstreams it exists for.
+MOCK_UPSTREAM_KEY = "unused-by-the-mock-upstream"
+
+# `make sam-local-deps`: fixed ports, so the checked-in sam/env.json can name them.
+SAM_DEPS_DYNAMODB_PORT = 3005
+SAM_DEPS_UPSTREAM_PORT = 3006
+SAM_FUNCTION = "GatewayFunction"  # the function's logical id in template.yaml
+
+
+class StopOnSignals:
+    """Turn SIGINT, SIGTERM and SIGHUP into ``SystemExit``, so ``with`` blocks unwind and stop the children.
+
+    Without it SIGTERM's default action kills the process on the spot and the
+    children outlive it. uvicorn (and the Lambda emulator) install their own
+    handlers while they serve and shut down gracefully; uvicorn then restores
+    these handlers and raises the signal again, which lands here, after the
+    gateway's own shutdown (pending token charges written while moto still runs).
+
+    The first signal exits; later ones are ignored, since stopping the children
+    is bounded (`stop_child`). Inside `shielded()` a signal waits until the
+    block ends, so a child is never started without its stop being registered.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._shield = 0
+        self._pending: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        for sig in self.SIGNALS:
+            previous = signal.signal(sig, self._handle)
+            self._previous.setdefault(sig, previous)
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.received is not None:
+            return
+        if self._shield:
+            self._pending = signum
+            return
+        self._exit(signum)
+
+    def _exit(self, signum: int) -> None:
+        self.received = signum
+        raise SystemExit(128 + signum)
+
+    @contextmanager
+    def shielded(self) -> Iterator[None]:
+        self._shield += 1
+        try:
+            yield
+        finally:
+            self._shield -= 1
+            if not self._shield and self._pending is not None and self.received is None:
+                self._exit(self._pending)
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[StopOnSignals]:
+    signals = StopOnSignals()
+    signals.install()
+    try:
+        yield signals
+    finally:
+        signals.restore()
 
 
 def free_port() -> int:
@@ -42,23 +127,58 @@ def wait_for(url: str, process: subprocess.Popen[bytes], what: str, timeout: flo
     raise SystemExit(f"{what} did not start within {timeout:.0f}s ({url})")
 
 
-def start_child(stack: ExitStack, args: list[str], url: str, what: str, quiet: bool = False) -> None:
-    output = subprocess.DEVNULL if quiet else None
-    process = subprocess.Popen([sys.executable, *args], stdout=output, stderr=output)
-
-    def stop() -> None:
+def stop_child(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
         process.terminate()
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            process.kill()
+    try:
+        process.wait(5)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
-    stack.callback(stop)
+
+def start_child(
+    stack: ExitStack, signals: StopOnSignals, args: list[str], url: str, what: str, quiet: bool = False
+) -> subprocess.Popen[bytes]:
+    """Start ``python args...`` and wait until ``url`` answers; it is stopped when ``stack`` closes.
+
+    The child gets its own process group: Ctrl-C in a terminal signals the whole
+    foreground group, and moto must outlive the gateway's shutdown (which writes
+    pending token charges to it); this process stops it afterwards.
+    """
+    output = subprocess.DEVNULL if quiet else None
+    with signals.shielded():
+        process = subprocess.Popen([sys.executable, *args], stdout=output, stderr=output, process_group=0)
+        stack.callback(stop_child, process)
     wait_for(url, process, what)
+    return process
 
 
-def prepare_local(stack: ExitStack) -> None:
-    """Start moto and the mock upstream, point the environment at them, seed the demo key."""
+def _client_host(host: str) -> str:
+    """Where this process reaches a server bound to ``host``."""
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+
+
+@dataclass
+class LocalStack:
+    dynamodb_endpoint: str
+    upstream_url: str | None  # the mock's /v1 address, when one was started
+    children: list[subprocess.Popen[bytes]]
+
+
+def prepare_local(
+    stack: ExitStack,
+    signals: StopOnSignals,
+    *,
+    host: str = "127.0.0.1",
+    dynamodb_port: int | None = None,
+    upstream_port: int | None = None,
+    mock: bool | None = None,
+) -> LocalStack:
+    """Start moto and the mock upstream, point the environment at them, seed the demo key.
+
+    ``mock=None`` starts the mock unless ``OPENAI_API_KEY`` is set.
+    """
     env = os.environ
     for name, value in (
         ("AWS_ACCESS_KEY_ID", "local"),
@@ -66,24 +186,38 @@ def prepare_local(stack: ExitStack) -> None:
         ("AWS_REGION", env.get("AWS_REGION", "us-east-1")),
     ):
         env[name] = value
-    moto_port = free_port()
-    start_child(stack, ["-m", "moto.server", "-p", str(moto_port)], f"http://127.0.0.1:{moto_port}/moto-api/", "moto", quiet=True)
-    env["AISIX_DYNAMODB_ENDPOINT"] = f"http://127.0.0.1:{moto_port}"
-    print(f"DynamoDB: moto server on http://127.0.0.1:{moto_port} (in memory; gone when you stop)")
+    env.pop("AWS_SESSION_TOKEN", None)
+    children = []
+    moto_port = dynamodb_port or free_port()
+    reach = _client_host(host)
+    children.append(start_child(
+        stack, signals, ["-m", "moto.server", "-H", host, "-p", str(moto_port)],
+        f"http://{reach}:{moto_port}/moto-api/", "moto", quiet=True,
+    ))
+    endpoint = f"http://{reach}:{moto_port}"
+    env["AISIX_DYNAMODB_ENDPOINT"] = endpoint
+    print(f"DynamoDB: moto server on http://{host}:{moto_port} (in memory; gone when you stop)")
 
-    if env.get("OPENAI_API_KEY"):
+    upstream_url = None
+    if mock is False or (mock is None and env.get("OPENAI_API_KEY")):
         print(f"Upstream: OpenAI (OPENAI_API_KEY is set); '{DEMO_MODEL}' calls the real API")
     else:
-        mock_port = free_port()
-        start_child(
-            stack,
-            ["-m", "aisix.local.mock_upstream", "--port", str(mock_port), "--delay", "0.04", "--words", "120"],
-            f"http://127.0.0.1:{mock_port}/_mock/requests",
+        mock_port = upstream_port or free_port()
+        children.append(start_child(
+            stack, signals,
+            ["-m", "aisix.local.mock_upstream", "--host", host, "--port", str(mock_port),
+             "--delay", "0.04", "--words", "120"],
+            f"http://{reach}:{mock_port}/_mock/requests",
             "mock upstream",
-        )
-        env.setdefault("AISIX_OPENAI_BASE_URL", f"http://127.0.0.1:{mock_port}/v1")
-        print("Upstream: MOCK (OPENAI_API_KEY is not set). Answers are canned text streamed at")
-        print(f"          a model-like pace from http://127.0.0.1:{mock_port}/v1 - not a real model.")
+        ))
+        upstream_url = f"http://{reach}:{mock_port}/v1"
+        if "AISIX_OPENAI_BASE_URL" not in env:
+            env["AISIX_OPENAI_BASE_URL"] = upstream_url
+            if not env.get("OPENAI_API_KEY"):
+                env["OPENAI_API_KEY"] = MOCK_UPSTREAM_KEY
+        why = " (OPENAI_API_KEY is not set)" if mock is None else ""
+        print(f"Upstream: MOCK{why}. Answers are canned text streamed at")
+        print(f"          a model-like pace from http://{host}:{mock_port}/v1 - not a real model.")
 
     from ..auth import hash_key, issue_key
     from ..config import Settings
@@ -97,26 +231,41 @@ def prepare_local(stack: ExitStack) -> None:
     store.create_tables()
     if store.get_key(hash_key(DEMO_KEY)) is None:
         issue_key(store, "local demo", frozenset({DEMO_MODEL}), rpm=60, tpm=100_000, secret=DEMO_KEY)
+    return LocalStack(endpoint, upstream_url, children)
+
+
+def check_config() -> None:
+    """Load the models file once here, so a mistake is one line now (`ConfigError`), not a crash later."""
+    from ..config import Settings, load_config
+
+    load_config(Settings.from_env().config_path)
 
 
 def serve_lambda(local: bool, port: int) -> int:
     """The Lambda streaming path behind a local function URL, with the embedded default."""
     from .lambda_emulator import main as emulator
 
-    with ExitStack() as stack:
+    with stop_on_signals() as signals, ExitStack() as stack:
         if local:
-            prepare_local(stack)
+            prepare_local(stack, signals)
             os.environ.setdefault("AWS_LAMBDA_FUNCTION_NAME", "aisix-local")
+        check_config()  # the runtime process would only crash, and be restarted, every second
+        if local:
             print(f"\nLambda function URL emulation on http://localhost:{port} (demo key: {DEMO_KEY})\n")
-        return emulator(["--port", str(port), "--app", "handler:app"])
+        try:
+            return emulator(["--port", str(port), "--app", "handler:app"])
+        finally:
+            # asyncio resets SIGINT/SIGTERM to their defaults when the emulator's loop closes:
+            # take them back, so a second signal cannot cut the children's cleanup short.
+            signals.install()
 
 
 def serve(local: bool, host: str, port: int) -> int:
     import uvicorn
 
-    with ExitStack() as stack:
+    with stop_on_signals() as signals, ExitStack() as stack:
         if local:
-            prepare_local(stack)
+            prepare_local(stack, signals)
         from ..app import create_app
 
         app = create_app()
@@ -127,5 +276,45 @@ def serve(local: bool, host: str, port: int) -> int:
             print(f'    -H "Authorization: Bearer {DEMO_KEY}" -H "Content-Type: application/json" \\')
             print(f"    -d '{{\"model\": \"{DEMO_MODEL}\", \"messages\": [{{\"role\": \"user\", "
                   f"\"content\": \"Tell me a story\"}}], \"stream\": true}}'\n")
+            print("Stop with Ctrl-C (or SIGTERM): moto and the mock upstream stop with it.\n")
         uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
+    return 0
+
+
+def sam_env(
+    dynamodb_port: int = SAM_DEPS_DYNAMODB_PORT,
+    upstream_port: int = SAM_DEPS_UPSTREAM_PORT,
+    host: str = "host.docker.internal",
+) -> dict[str, dict[str, str]]:
+    """The ``--env-vars`` file for ``sam local start-api`` against `serve_deps` (sam/env.json)."""
+    from ..config import Settings
+
+    defaults = Settings()
+    return {SAM_FUNCTION: {
+        "AISIX_DYNAMODB_ENDPOINT": f"http://{host}:{dynamodb_port}",
+        "AISIX_KEYS_TABLE": defaults.keys_table,  # the template's are CloudFormation's names
+        "AISIX_COUNTERS_TABLE": defaults.counters_table,
+        "AISIX_OPENAI_BASE_URL": f"http://{host}:{upstream_port}/v1",
+        "OPENAI_API_KEY": MOCK_UPSTREAM_KEY,
+        "OPENAI_API_KEY_SECRET_ARN": "",  # no Secrets Manager call from the container
+    }}
+
+
+def serve_deps(host: str, dynamodb_port: int, upstream_port: int) -> int:
+    """moto and the mock upstream on fixed ports, tables and demo key made, until a signal."""
+    with stop_on_signals() as signals, ExitStack() as stack:
+        local = prepare_local(
+            stack, signals, host=host, dynamodb_port=dynamodb_port, upstream_port=upstream_port, mock=True
+        )
+        region = os.environ["AWS_REGION"]
+        print(f"\nTables and the demo key '{DEMO_KEY}' (model '{DEMO_MODEL}') are in moto, region {region}.")
+        print("For `sam local start-api --env-vars <file>` (sam/env.json is this, for the default ports):\n")
+        print(json.dumps(sam_env(dynamodb_port, upstream_port), indent=2))
+        print(f"\nThen: sam build && sam local start-api --env-vars sam/env.json --region {region}")
+        print("  (Linux: add --add-host host.docker.internal:host-gateway)")
+        print("\nReady. Stop with Ctrl-C (or SIGTERM).", flush=True)
+        while all(child.poll() is None for child in local.children):
+            time.sleep(0.5)
+        gone = next(child for child in local.children if child.poll() is not None)
+        raise SystemExit(f"{gone.args[2]} exited (code {gone.returncode}); stopping")
     return 0

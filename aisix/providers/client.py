@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import logging
+import socket
+import ssl
 
 import httpx
 
@@ -68,8 +71,44 @@ def never_sent(exc: Exception) -> bool:
     return False
 
 
+def _chain(exc: BaseException) -> list[BaseException]:
+    """The exception and what caused it, down to the OS error (aiohttp keeps it in ``os_error``)."""
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in seen and len(seen) < 16:
+        seen.append(current)
+        os_error = getattr(current, "os_error", None)
+        current = current.__cause__ or current.__context__ or (
+            os_error if isinstance(os_error, BaseException) else None
+        )
+    return seen
+
+
+def describe_failure(exc: BaseException) -> str:
+    """What went wrong, in the words a user looks for ("connection refused"), not a class name.
+
+    The class alone misleads: httpx-aiohttp raises ``httpx.ConnectTimeout`` for a
+    refused connection. The OS error at the bottom of the chain tells the truth.
+    """
+    chain = _chain(exc)
+    for error in chain:
+        # asyncio joins the errors of several addresses (localhost: ::1 and 127.0.0.1) into one OSError.
+        if isinstance(error, ConnectionRefusedError) or (
+            isinstance(error, OSError) and f"[Errno {errno.ECONNREFUSED}]" in str(error)
+        ):
+            return "connection refused"
+        if isinstance(error, socket.gaierror):
+            return "host name not found"
+        if isinstance(error, ssl.SSLError):
+            return "TLS failed"
+        if isinstance(error, ConnectionResetError):
+            return "connection reset"
+    names = [type(e).__name__ for e in chain if type(e).__module__.startswith(("aiohttp", "httpx", "httpcore"))]
+    return names[-1] if names else type(exc).__name__
+
+
 def upstream_failure_error(exc: Exception, timed_out: str, failed: str) -> GatewayError:
     """The client's error for an httpx failure talking to the upstream: 504 if it timed out, else 502."""
     if is_timeout(exc):
         return upstream_timeout(timed_out)
-    return upstream_error(f"{failed} ({type(exc).__name__}).")
+    return upstream_error(f"{failed}: {describe_failure(exc)}.")
