@@ -13,18 +13,23 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
+import uuid
 from collections.abc import Iterator
 from http.client import HTTPConnection
 from pathlib import Path
 from typing import Any
 
+import h11
 import httpx
 import pytest
 
@@ -583,3 +588,230 @@ def test_wrapper_script_snapstart_restore_and_sigterm_shutdown(tmp_path: Path) -
         process.send_signal(signal.SIGTERM)  # `exec` in the wrapper: the signal reaches Python
         assert process.wait(10) == 0
     assert json.loads(marker.read_text()) == {"invocations": 1}
+
+
+# --- the function URL holds a bounded amount per stream ---------------------------------
+
+
+def test_a_slow_reader_stalls_the_runtime_and_the_front_door_holds_little() -> None:
+    """32 MiB streamed to a client that stops reading: the emulator fills a small pipe, stops
+    reading the runtime (so its writes stall), and holds a few MiB at most; then every byte arrives."""
+    from aisix.local.lambda_invocation import PIPE_LIMIT
+    from tests.lambda_fixtures.tiny_app import BIG_CHUNK, big_chunk
+
+    mib = 32
+    expected = hashlib.sha256()
+    for i in range(mib * 1024 * 1024 // BIG_CHUNK):
+        expected.update(big_chunk(i))
+    with EmulatorThread(function_url=True) as emu:
+        lam = Lambda(emu, spawn(emu.address))
+        try:
+            host, port = emu.url.removeprefix("http://").rsplit(":", 1)
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)  # a small window: it fills fast
+            sock.connect((host, int(port)))
+            sock.settimeout(30)
+            client = h11.Connection(h11.CLIENT)
+            sock.sendall(client.send(h11.Request(method="GET", target=f"/big?mib={mib}", headers=[("host", host)])))
+            sock.sendall(client.send(h11.EndOfMessage()))
+
+            def relayed() -> Invocation | None:
+                found = [i for i in emu.emulator.invocations.values() if i.pipe is not None]
+                return found[-1] if found else None
+
+            # The client reads nothing: the pipe fills and the emulator stops reading the runtime,
+            # far from the end of the stream (what is in flight sits in socket buffers).
+            inv = until(lambda: emu.call(lambda: (i := relayed()) is not None and i.pipe.blocked and i))
+            stalled_at = emu.call(lambda: inv.bytes_received)
+            assert inv.outcome is None and stalled_at < mib * 1024 * 1024 // 2, stalled_at
+
+            received, status = hashlib.sha256(), None
+            while True:
+                event = client.next_event()
+                if event is h11.NEED_DATA:
+                    client.receive_data(sock.recv(65536))
+                elif isinstance(event, h11.Response):
+                    status = event.status_code
+                elif isinstance(event, h11.Data):
+                    received.update(event.data)
+                elif isinstance(event, h11.EndOfMessage):
+                    break
+            sock.close()
+            inv.wait()
+        finally:
+            assert lam.stop() == 0
+    assert status == 200
+    assert received.hexdigest() == expected.hexdigest(), "every byte arrived, in order"
+    assert inv.outcome == "response" and inv.bytes_received > mib * 1024 * 1024
+    assert inv.chunk_count == 1 + mib * 1024 * 1024 // BIG_CHUNK  # counted even when not kept
+    assert not inv.complete and sum(len(c.data) for c in inv.chunks) <= 1024 * 1024  # the record is capped
+    assert inv.peak_held < 4 * 1024 * 1024, f"the emulator held {inv.peak_held / 2**20:.1f} MiB of one stream"
+    assert inv.pipe is not None and inv.pipe.peak <= PIPE_LIMIT + BIG_CHUNK
+
+
+# --- the Extensions API -------------------------------------------------------------------
+
+EXT = "/2020-01-01/extension"
+
+
+def api_call(
+    address: str, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
+) -> tuple[int, Any, dict[str, str]]:
+    """One request with a plain HTTP client: (status, JSON body, headers)."""
+    host, port = address.rsplit(":", 1)
+    conn = HTTPConnection(host, int(port), timeout=30)
+    conn.request(method, path, body=None if body is None else json.dumps(body).encode(), headers=headers or {})
+    response = conn.getresponse()
+    data = json.loads(response.read() or b"null")
+    conn.close()
+    return response.status, data, dict(response.getheaders())
+
+
+def register(address: str, name: str, events: list[str]) -> tuple[int, Any, dict[str, str]]:
+    return api_call(address, "POST", f"{EXT}/register", {"events": events}, {"Lambda-Extension-Name": name})
+
+
+class Background(threading.Thread):
+    """A blocking call on its own thread (daemon: a call that never returns ends with the emulator)."""
+
+    def __init__(self, fn: Any) -> None:
+        super().__init__(daemon=True)
+        self.fn, self.result, self.error = fn, None, None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self.result = self.fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            self.error = exc
+
+    def value(self, timeout: float = 15.0) -> Any:
+        self.join(timeout)
+        assert not self.is_alive(), "the call did not return"
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+def until(check: Any, timeout: float = 15.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (result := check()):
+        assert time.monotonic() < deadline, "state not reached in time"
+        time.sleep(0.01)
+    return result
+
+
+def test_extension_registration_answers_like_lambda() -> None:
+    with EmulatorThread() as emu:
+        status, body, headers = register(emu.address, "aisix-flush", [])
+        assert status == 200
+        assert str(uuid.UUID(headers["Lambda-Extension-Identifier"])) == headers["Lambda-Extension-Identifier"]
+        assert body == {"functionName": "aisix-local", "functionVersion": "$LATEST", "handler": "handler.handler"}
+        assert register(emu.address, "watcher", ["INVOKE"])[0] == 200  # internal: INVOKE is allowed
+
+        refusals = {
+            "shutdown for an internal extension": register(emu.address, "greedy", ["SHUTDOWN"]),
+            "unknown event": register(emu.address, "odd", ["RESTORE"]),
+            "no name": register(emu.address, "", []),
+            "same name twice": register(emu.address, "aisix-flush", []),
+        }
+        assert {what: (s, b["errorType"]) for what, (s, b, _) in refusals.items()} == {
+            "shutdown for an internal extension": (403, "Extension.InvalidEventType"),
+            "unknown event": (403, "Extension.InvalidEventType"),
+            "no name": (403, "Extension.InvalidExtensionName"),
+            "same name twice": (403, "Extension.InvalidExtensionState"),
+        }
+        assert all(b["errorMessage"] for _, b, _ in refusals.values())
+
+        registered = emu.call(lambda: emu.emulator.registered_extensions)
+        assert [(e.name, e.events, e.internal) for e in registered] == [
+            ("aisix-flush", (), True),
+            ("watcher", ("INVOKE",), True),
+        ]
+        for headers_sent, error in (
+            ({}, "Extension.MissingExtensionIdentifier"),
+            ({"Lambda-Extension-Identifier": "not-a-uuid"}, "Extension.InvalidExtensionIdentifier"),
+            ({"Lambda-Extension-Identifier": str(uuid.uuid4())}, "Extension.UnknownExtensionIdentifier"),
+        ):
+            status, body, _ = api_call(emu.address, "GET", f"{EXT}/event/next", headers=headers_sent)
+            assert (status, body["errorType"]) == (403, error)
+
+
+def test_init_waits_for_extensions_and_registration_closes_when_the_runtime_is_ready() -> None:
+    with EmulatorThread() as emu:
+        flush = register(emu.address, "aisix-flush", [])[2]["Lambda-Extension-Identifier"]
+        watcher = register(emu.address, "watcher", ["INVOKE"])[2]["Lambda-Extension-Identifier"]
+        invocation = emu.invoke({"n": 1})
+        runtime_next = Background(lambda: api_call(emu.address, "GET", "/2018-06-01/runtime/invocation/next"))
+
+        until(lambda: emu.call(lambda: not emu.emulator.extensions.registration_open))
+        status, body, _ = register(emu.address, "late", [])
+        assert (status, body["errorType"]) == (403, "Extension.RegistrationClosed")
+        # Init is not over until every registered extension has called /event/next. (A bounded
+        # wait for something that must not happen: it cannot flake when the emulator is right.)
+        runtime_next.join(0.5)
+        assert runtime_next.is_alive() and not invocation.dispatched
+
+        def next_event(identifier: str) -> Any:
+            headers = {"Lambda-Extension-Identifier": identifier}
+            return api_call(emu.address, "GET", f"{EXT}/event/next", headers=headers)
+
+        Background(lambda: next_event(flush))  # no events: it waits until the environment is gone
+        watched = Background(lambda: next_event(watcher))
+        status, event, headers = runtime_next.value()
+        assert (status, event) == (200, {"n": 1})
+        status, seen, seen_headers = watched.value()
+        assert status == 200 and seen_headers["Lambda-Extension-Identifier"] == watcher
+        assert seen["eventType"] == "INVOKE" and seen["requestId"] == invocation.request_id
+        assert seen["deadlineMs"] == invocation.deadline_ms
+        flushed = next(e for e in emu.call(lambda: emu.emulator.registered_extensions) if e.name == "aisix-flush")
+        assert flushed.ready and flushed.received == []
+
+
+def test_shutdown_event_goes_to_external_extensions_subscribed_to_it() -> None:
+    with EmulatorThread(external_extensions=frozenset({"telemetry"})) as emu:
+        status, _, headers = register(emu.address, "telemetry", ["INVOKE", "SHUTDOWN"])
+        assert status == 200
+        identifier = headers["Lambda-Extension-Identifier"]
+        headers = {"Lambda-Extension-Identifier": identifier}
+        waiting = Background(lambda: api_call(emu.address, "GET", f"{EXT}/event/next", headers=headers))
+        until(lambda: emu.call(lambda: emu.emulator.registered_extensions[0].ready))
+        deadline_ms = int(time.time() * 1000) + 2000
+        emu.call(lambda: emu.emulator.spin_down(deadline_ms))
+        status, event, _ = waiting.value()
+    assert status == 200
+    assert event == {"eventType": "SHUTDOWN", "shutdownReason": "spindown", "deadlineMs": deadline_ms}
+
+
+@pytest.mark.parametrize(
+    ("extension", "on_sigterm", "exits", "code", "marker"),
+    [
+        ("register", "exit", True, 0, "SIGTERM"),  # SIGTERM, and it cleans up within the grace
+        ("register", "ignore", False, -signal.SIGKILL, None),  # SIGTERM, grace, then SIGKILL
+        ("none", "exit", False, -signal.SIGKILL, None),  # no extension: SIGKILL, no SIGTERM at all
+    ],
+)
+def test_spin_down_signals_like_lambda(
+    tmp_path: Path, extension: str, on_sigterm: str, exits: bool, code: int, marker: str | None
+) -> None:
+    marker_file = tmp_path / "marker"
+    with EmulatorThread() as emu:
+        process = spawn(
+            emu.address, command=[sys.executable, "-m", "tests.lambda_fixtures.extension_client",
+                                  extension, on_sigterm, str(marker_file)]
+        )
+        try:
+
+            def ready() -> bool:
+                extensions = emu.emulator.registered_extensions
+                runtime_waiting = not emu.emulator.extensions.registration_open
+                return runtime_waiting and (extension == "none" or bool(extensions and extensions[0].ready))
+
+            until(lambda: emu.call(ready))
+            assert emu.shutdown(process, grace=0.5) is exits
+        finally:
+            if process.poll() is None:
+                process.kill()
+            process.wait(10)
+    assert process.returncode == code
+    assert (marker_file.read_text() if marker_file.exists() else None) == marker

@@ -134,6 +134,7 @@ class FunctionURL:
         self.region = region
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.StreamWriter] = set()
+        self._handlers: set[asyncio.Task[None]] = set()
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
         self._server = await asyncio.start_server(self._serve, host, port)
@@ -146,9 +147,15 @@ class FunctionURL:
             for writer in list(self._connections):
                 writer.transport.abort()
             await self._server.wait_closed()
+            if self._handlers:  # let each connection's handler unwind before the loop stops
+                await asyncio.wait(list(self._handlers), timeout=5)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._connections.add(writer)
+        handler = asyncio.current_task()
+        if handler is not None:
+            self._handlers.add(handler)
+            handler.add_done_callback(self._handlers.discard)
         conn = h11.Connection(h11.SERVER)
         peer = writer.get_extra_info("peername") or ("127.0.0.1", 0)
         try:

@@ -95,6 +95,7 @@ class RuntimeAPIEmulator:
         self._pending: asyncio.Queue[Invocation] = share._pending if share else asyncio.Queue()
         self._streams: dict[str, asyncio.StreamWriter] = share._streams if share else {}
         self._connections: set[asyncio.StreamWriter] = set()
+        self._handlers: set[asyncio.Task[None]] = set()
         self._server: asyncio.Server | None = None
 
     @property
@@ -118,6 +119,8 @@ class RuntimeAPIEmulator:
             for writer in list(self._connections):
                 writer.transport.abort()
             await self._server.wait_closed()
+            if self._handlers:  # let each connection's handler unwind before the loop stops
+                await asyncio.wait(list(self._handlers), timeout=5)
 
     def invoke(
         self,
@@ -165,6 +168,10 @@ class RuntimeAPIEmulator:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._connections.add(writer)
+        handler = asyncio.current_task()
+        if handler is not None:
+            self._handlers.add(handler)
+            handler.add_done_callback(self._handlers.discard)
         conn = h11.Connection(h11.SERVER)
         try:
             while True:

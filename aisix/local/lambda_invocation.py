@@ -41,13 +41,16 @@ class Pipe:
         self.held = 0
         self.peak = 0
         self._items: deque[bytes | None] = deque()  # None: the end
+        self.blocked = False  # the producer waits for room (so it reads nothing from the runtime)
         self._changed = asyncio.Event()
         self._abandoned = False
 
     async def put(self, data: bytes) -> None:
         while self.held and self.held + len(data) > self.limit and not self._abandoned:
+            self.blocked = True
             self._changed.clear()
             await self._changed.wait()
+        self.blocked = False
         if self._abandoned or not data:
             return
         self._items.append(data)

@@ -84,6 +84,23 @@ async def stream(scope: Any, receive: Any, send: Any, query: dict[str, str]) -> 
     await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
+BIG_CHUNK = 64 * 1024
+
+
+def big_chunk(i: int) -> bytes:
+    """Chunk `i` of /big: its index, then filler; any loss or reordering changes the hash."""
+    return (b"%08d" % i + bytes(range(256)) * (BIG_CHUNK // 256))[:BIG_CHUNK]
+
+
+async def big(scope: Any, receive: Any, send: Any, query: dict[str, str]) -> None:
+    """`mib` MiB in 64 KiB body messages, as fast as the runtime takes them."""
+    headers = [(b"content-type", b"application/octet-stream")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    for i in range(int(query.get("mib", 32)) * 1024 * 1024 // BIG_CHUNK):
+        await send({"type": "http.response.body", "body": big_chunk(i), "more_body": True})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
 async def json_route(scope: Any, receive: Any, send: Any, query: dict[str, str]) -> None:
     """Deterministic, with cookies and a repeated header, to compare against Mangum."""
     await respond(
@@ -174,6 +191,7 @@ async def state(scope: Any, receive: Any, send: Any, query: dict[str, str]) -> N
 
 ROUTES = {
     "/stream": stream,
+    "/big": big,
     "/json": json_route,
     "/echo": echo,
     "/boom-before": boom_before,
