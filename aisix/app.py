@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import time
 from typing import Any, AsyncIterator
 
 import anyio
@@ -24,7 +23,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .errors import GatewayError, bad_request, error_body
+from .deadline import seconds_left
+from .errors import GatewayError, bad_request, error_body, upstream_timeout
 from .gateway import Gateway
 from .hooks import Call
 from .openapi import openapi_document
@@ -44,26 +44,30 @@ def create_app(gateway: Gateway | None = None) -> Starlette:
     max_body = gw.settings.max_body_bytes
 
     async def chat_completions(request: Request) -> Any:
-        started = time.perf_counter()
-        key = await gw.authenticate(request.headers.get("authorization"))
-        body = await _read_json(request, max_body)
-        call = Call(key=key, model_name=body["model"], body=body, stream=body.get("stream") is True)
-        call.started = started
-        await gw.pipeline.pre_call(call)
+        call = Call(key=None, model_name="", body={}, stream=False)
+        try:
+            call.key = await gw.authenticate(request.headers.get("authorization"))
+            body = await _read_json(request, max_body)
+            call.model_name, call.body, call.stream = body["model"], body, body.get("stream") is True
+            await gw.pipeline.pre_call(call)
+        except GatewayError as exc:
+            # Refused before the upstream: post_call hooks see it, nothing is charged.
+            call.error, call.status = exc, exc.status
+            return Settled(gw, call, _error_response(exc))
         if call.stream:
             return StreamRelay(gw, call)
         try:
-            content = await _complete_unless_client_leaves(gw, call, request.receive)
-        except BaseException as exc:
-            if isinstance(exc, GatewayError):
-                call.error, call.status = exc, exc.status
-            await _finish(gw, call)
-            raise
-        # Charged before the answer leaves: on Lambda the invocation ends with the answer.
-        await _finish(gw, call)
+            with anyio.move_on_after(seconds_left(request.scope, gw.settings.deadline_margin_seconds)) as deadline:
+                content = await _complete_unless_client_leaves(gw, call, request.receive)
+            if deadline.cancelled_caught:
+                raise upstream_timeout("The gateway's time limit was reached before the upstream answered.")
+        except GatewayError as exc:
+            call.error, call.status = exc, exc.status
+            return Settled(gw, call, _error_response(exc))
         if content is None:  # the client left: nobody reads an answer
-            raise GatewayError(499, "The client closed the request.", code="client_closed_request")
-        return Response(content, 200, call.response_headers, media_type="application/json")
+            error = GatewayError(499, "The client closed the request.", code="client_closed_request")
+            return Settled(gw, call, _error_response(error))
+        return Settled(gw, call, Response(content, 200, call.response_headers, media_type="application/json"))
 
     async def list_models(request: Request) -> JSONResponse:
         key = await gw.authenticate(request.headers.get("authorization"))
@@ -167,11 +171,31 @@ async def _disconnected(receive: Any) -> None:
         pass
 
 
-async def _finish(gw: Gateway, call: Call) -> None:
-    """Charge and run post_call hooks, whatever cancels the request around it."""
-    with anyio.CancelScope(shield=True):
-        gw.settle_usage(call)
-        await gw.pipeline.post_call(call)
+class Settled:
+    """An answer, then the call's settlement: usage charged and post_call hooks run, once.
+
+    The client's answer never waits for a DynamoDB write. Settling still happens
+    inside the ASGI call, so Mangum and the Lambda runtime (which end the
+    invocation only when the app returns) wait for it, and it is shielded from
+    the cancellation a disconnect or a deadline brings.
+    """
+
+    def __init__(self, gw: Gateway, call: Call, response: Response) -> None:
+        self.gw = gw
+        self.call = call
+        self.response = response
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        try:
+            await self.response(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                self.gw.settle_usage(self.call)
+                await self.gw.pipeline.post_call(self.call)
+
+
+def _error_response(error: GatewayError) -> JSONResponse:
+    return JSONResponse(error.to_dict(), error.status, headers=error.headers)
 
 
 async def _read_json(request: Request, max_body: int) -> dict[str, Any]:

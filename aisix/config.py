@@ -72,6 +72,8 @@ class Settings:
     token_flush_seconds: float = 1.0
     dynamodb_timeout_seconds: float = 1.0
     dynamodb_max_attempts: int = 2
+    # Decided here once: the rest of the gateway asks this, never the environment.
+    on_lambda: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> "Settings":
@@ -99,9 +101,8 @@ class Settings:
                 "AISIX_UPSTREAM_MAX_CONNECTIONS", d.upstream_max_connections, int
             ),
             # On Lambda: one call at a time per instance, so aiohttp's pool buys little
-            # and its import costs every cold start; and a frozen instance cannot
-            # flush later, so token charges are written at once.
-            upstream_transport=get("AISIX_UPSTREAM_TRANSPORT", "httpx" if on_lambda else d.upstream_transport),
+            # and its import costs every cold start (see aisix/providers/transport.py).
+            upstream_transport=get("AISIX_UPSTREAM_TRANSPORT", "lean" if on_lambda else d.upstream_transport),
             rate_limit_on_store_error=get(
                 "AISIX_RATE_LIMIT_ON_STORE_ERROR", d.rate_limit_on_store_error
             ),
@@ -110,12 +111,11 @@ class Settings:
             ),
             dynamodb_timeout_seconds=get("AISIX_DYNAMODB_TIMEOUT_SECONDS", d.dynamodb_timeout_seconds, float),
             dynamodb_max_attempts=get("AISIX_DYNAMODB_MAX_ATTEMPTS", d.dynamodb_max_attempts, int),
-            token_flush_seconds=get(
-                "AISIX_TOKEN_FLUSH_SECONDS", 0.0 if on_lambda else d.token_flush_seconds, float
-            ),
+            token_flush_seconds=get("AISIX_TOKEN_FLUSH_SECONDS", d.token_flush_seconds, float),
+            on_lambda=on_lambda,
         )
-        if settings.upstream_transport not in ("aiohttp", "httpx"):
-            raise ConfigError("AISIX_UPSTREAM_TRANSPORT must be 'aiohttp' or 'httpx'")
+        if settings.upstream_transport not in ("aiohttp", "lean", "httpx"):
+            raise ConfigError("AISIX_UPSTREAM_TRANSPORT must be 'aiohttp', 'lean' or 'httpx'")
         if settings.rate_limit_on_store_error not in ("closed", "open"):
             raise ConfigError("AISIX_RATE_LIMIT_ON_STORE_ERROR must be 'closed' or 'open'")
         if settings.max_body_bytes <= 0 or settings.keepalive_seconds <= 0:

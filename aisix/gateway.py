@@ -9,6 +9,7 @@ upstream call. The HTTP surface is in `aisix.app`, the streaming relay in
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -23,6 +24,7 @@ from .hooks import Call, Hook, Pipeline, RateLimitHook, ValidateModelHook, load_
 from .quota import Quota
 from .secrets import resolve_secrets
 from .providers import OpenAIProvider, make_upstream_client, never_sent, upstream_failure_error
+from .providers.sent import reporting_sent
 from .store import AsyncStore, KeyRecord, Store, StoreUnavailable, make_client
 from .usage import completion_chars, estimate_prompt_tokens, estimate_tokens, usage_from_dict
 from .hooks.base import TokenUsage
@@ -58,7 +60,7 @@ class Gateway:
         builtin: list[Hook] = [
             ValidateModelHook(config.models),
             RateLimitHook(
-                Quota(store, settings.token_flush_seconds),
+                Quota(store, settings.token_flush_seconds, background=not settings.on_lambda),
                 fail_open=settings.rate_limit_on_store_error == "open",
             ),
         ]
@@ -124,10 +126,15 @@ class Gateway:
             request = provider.build_request(self.client, call.body, stream, with_usage)
         except RecursionError:  # parsed at the limit of the stack, one level too deep to write back
             raise bad_request("The request body is nested too deeply.") from None
-        # Set before the await: a client that leaves while the upstream thinks is charged too.
-        call.state[UPSTREAM_TOOK_CALL] = True
+        # Set by the transport the moment the request has left (`reporting_sent`): from
+        # then on a client that leaves while the upstream thinks is charged; before it
+        # (cancelled while connecting) nothing is.
+        call.state[UPSTREAM_TOOK_CALL] = False
         try:
-            return await self.client.send(request, stream=True)
+            with reporting_sent(functools.partial(call.state.__setitem__, UPSTREAM_TOOK_CALL, True)):
+                response = await self.client.send(request, stream=True)
+            call.state[UPSTREAM_TOOK_CALL] = True  # it answered: it saw the call
+            return response
         except httpx.HTTPError as exc:
             if never_sent(exc):
                 call.state[UPSTREAM_TOOK_CALL] = False

@@ -12,9 +12,13 @@ exceeds the limit.
   second (a busy key), halving otherwise; it never takes more than a quarter
   of what the window has left, so instances don't starve each other.
 * Tokens are charged after each call into a per-key tally that is written in
-  one UpdateItem per key per ``flush_seconds`` (``0``: at once, as on Lambda,
-  where a frozen instance cannot flush later). The write returns the window's
-  totals, which is how an instance learns what the others have used.
+  one UpdateItem per key per ``flush_seconds`` (``0``: at once). The write
+  returns the window's totals, which is how an instance learns what the
+  others have used.
+* Where nothing may run in the background (``background=False``: Lambda
+  freezes an instance between invocations), the tally is written by the
+  first charge that finds it older than ``flush_seconds``, after the answer
+  has left, and at shutdown (`close`, on SIGTERM). Otherwise a timer writes it.
 * The next lease is taken in the background once half of the current one is
   used (not on Lambda), so a busy key's requests seldom wait for DynamoDB.
 * A window found full is refused locally until it ends.
@@ -25,7 +29,9 @@ requests; an instance may refuse while another holds unused quota (at most
 a quarter of what was left); TPM is enforced from the totals each instance
 last saw, so concurrent instances can overshoot it by the calls in flight,
 as with any after-the-fact token count. A lease dies with its window (one
-minute) if its instance dies.
+minute) if its instance dies; so do its tokens not yet written (at most
+``flush_seconds`` of its calls, or what it charged since its last call when
+it is killed without the SIGTERM that `close` runs on).
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Callable
 
 from .store import WINDOW_SECONDS, AsyncStore, KeyRecord, RateLimited, StoreUnavailable, Usage, window_start
 
@@ -70,11 +77,20 @@ class _KeyState:
 
 
 class Quota:
-    def __init__(self, store: AsyncStore, flush_seconds: float = 1.0) -> None:
+    def __init__(
+        self,
+        store: AsyncStore,
+        flush_seconds: float = 1.0,
+        clock: Callable[[], float] = time.time,
+        background: bool = True,
+    ) -> None:
         self.store = store
+        self.clock = clock  # wall time for windows and resets; injectable so tests move time, not wait
         self.flush_seconds = flush_seconds
+        self.background = background
         self._keys: dict[str, _KeyState] = {}
         self._pending: dict[tuple[str, int], int] = {}  # (key_id, window) -> tokens not yet written
+        self._pending_since = 0.0  # time.monotonic() of the oldest charge not yet written
         self._flusher: asyncio.Task[None] | None = None
 
     async def admit(self, key: KeyRecord) -> View:
@@ -82,14 +98,14 @@ class Quota:
         state = self._keys.get(key.key_id)
         if state is None:
             state = self._keys[key.key_id] = _KeyState()
-        window = window_start()
+        window = window_start(self.clock())
         if state.window == window and state.left > 0 and self._tokens_ok(key, state, window):
             # The common case: served from the lease, with no await at all.
             state.left -= 1
             self._refill_ahead(key, state, window)
             return state.view()
         async with state.lock:
-            window = window_start()
+            window = window_start(self.clock())
             if state.window != window:
                 state.window, state.left, state.full = window, 0, False
                 state.requests = state.tokens = 0
@@ -107,9 +123,9 @@ class Quota:
     def _refill_ahead(self, key: KeyRecord, state: _KeyState, window: int) -> None:
         """Lease the next batch in the background once half the lease is used, so that a busy
         key's requests do not wait for DynamoDB. Not where nothing may run in the background
-        (``flush_seconds == 0``: Lambda freezes an instance as soon as it has answered)."""
+        (Lambda freezes an instance as soon as it has answered)."""
         if (
-            self.flush_seconds > 0
+            self.background
             and state.refill is None
             and not state.full
             and state.left <= state.size // 2
@@ -152,10 +168,15 @@ class Quota:
         """Charge ``tokens`` to the current window: written now, or within ``flush_seconds``."""
         if tokens <= 0:
             return
-        slot = (key.key_id, window_start())
+        slot = (key.key_id, window_start(self.clock()))
+        if not self._pending:
+            self._pending_since = time.monotonic()
         self._pending[slot] = self._pending.get(slot, 0) + tokens
         if self.flush_seconds <= 0:
             await self.flush()
+        elif not self.background:
+            if time.monotonic() - self._pending_since >= self.flush_seconds:
+                await self.flush()
         elif self._flusher is None or self._flusher.done():
             self._flusher = asyncio.get_running_loop().create_task(self._flush_later())
 
@@ -194,7 +215,7 @@ class Quota:
             if state.refill is not None:
                 await asyncio.gather(state.refill, return_exceptions=True)
         await self.flush()
-        window = window_start()
+        window = window_start(self.clock())
         for key_id, state in self._keys.items():
             if state.window == window and state.left > 0:
                 try:
@@ -204,5 +225,5 @@ class Quota:
                 state.left = 0
 
 
-def reset_seconds(view: View) -> int:
-    return max(0, view.window + WINDOW_SECONDS - int(time.time()))
+def reset_seconds(view: View, now: float | None = None) -> int:
+    return max(0, view.window + WINDOW_SECONDS - int(time.time() if now is None else now))

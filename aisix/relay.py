@@ -28,12 +28,14 @@ import base64
 import codecs
 import json
 import logging
+import re
 import time
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import httpx
 
+from .deadline import seconds_left
 from .errors import GatewayError, internal_error, upstream_error, upstream_timeout
 from .providers import upstream_failure_error
 from .usage import delta_chars, usage_from_dict
@@ -171,8 +173,8 @@ class StreamRelay:
         self.last_write = 0.0
         self.completion_chars = 0
         self.trailers = False
-        self.charge_first = False
         self.settled = False
+        self.tasks: anyio.abc.TaskGroup | None = None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         self.send = send
@@ -180,15 +182,13 @@ class StreamRelay:
         # On Lambda, a stream that fails after its first byte is also reported to
         # Lambda, in the error trailers of the streaming protocol (ASGI trailers).
         self.trailers = "http.response.trailers" in extensions and "aws.lambda" in extensions
-        # On Lambda the invocation is over with the last byte: charge before sending it.
-        self.charge_first = "aws.lambda" in extensions
         self.last_write = time.monotonic()
         call = self.call
         try:
-            with anyio.move_on_after(_seconds_to_deadline(scope, self.gateway)) as deadline:
+            with anyio.move_on_after(seconds_left(scope, self.gateway.settings.deadline_margin_seconds)) as deadline:
                 async with anyio.create_task_group() as tasks:
+                    self.tasks = tasks
                     tasks.start_soon(self._watch_disconnect, receive, tasks.cancel_scope)
-                    tasks.start_soon(self._keepalive)
                     try:
                         await self._relay()
                     except GatewayError as exc:
@@ -203,6 +203,8 @@ class StreamRelay:
                     upstream_timeout("The gateway's time limit was reached before the upstream finished.")
                 )
         finally:
+            # After the last byte: the client's answer never waits for a DynamoDB write.
+            # On Lambda the invocation lasts until the app returns, so this still runs.
             await self._settle()
 
     async def _settle(self) -> None:
@@ -222,6 +224,11 @@ class StreamRelay:
                 await gateway.read_stray_usage(call, response)
                 raise upstream_error("The upstream answered a streamed request without an event stream.")
             await self._start(200)
+            # Keep-alive comments only once the status is settled: until the upstream has
+            # answered, the client's status may still be the upstream's error (a 429).
+            assert self.tasks is not None
+            self.last_write = time.monotonic()
+            self.tasks.start_soon(self._keepalive)
             decoder = SSEDecoder(MAX_EVENT_BYTES)
             done = False
             async for raw in response.aiter_bytes():
@@ -294,8 +301,6 @@ class StreamRelay:
 
     async def _end(self, body: bytes, error: GatewayError | None = None) -> None:
         """The last body message; on Lambda, then the trailers, with ``error`` if the stream failed."""
-        if self.charge_first:
-            await self._settle()
         await self.send({"type": "http.response.body", "body": body, "more_body": False})
         if self.trailers:
             await self.send(
@@ -333,7 +338,6 @@ class StreamRelay:
                 continue
             if time.monotonic() - self.last_write >= interval:
                 self.last_write = time.monotonic()
-                await self._start(200)
                 await self.send({"type": "http.response.body", "body": KEEPALIVE, "more_body": True})
 
     async def _watch_disconnect(self, receive: Any, scope: anyio.CancelScope) -> None:
@@ -348,11 +352,27 @@ class StreamRelay:
                 return
 
 
+# Lambda records an error type only if it matches ``(Runtime|Function).[A-Z][a-zA-Z]+``;
+# anything else (an upstream's numeric code "429", "rate-limit.exceeded") is "Function.Unknown".
+_ERROR_TYPE_NAME = re.compile(r"[A-Z][a-zA-Z]+")
+_ERROR_TYPE_BY_STATUS = {429: "UpstreamRateLimited", 504: "UpstreamTimeout", 500: "InternalError"}
+
+
+def lambda_error_type(error: GatewayError) -> str:
+    """A Lambda error type for ``error``: its code in CamelCase when that fits the pattern, else by status."""
+    code = error.code or ""
+    name = "".join(part[:1].upper() + part[1:].lower() for part in re.split(r"[^A-Za-z0-9]+", code) if part)
+    if not _ERROR_TYPE_NAME.fullmatch(name):
+        status = int(code) if code.isdigit() else error.status  # "429": an HTTP status as a code
+        name = _ERROR_TYPE_BY_STATUS.get(status, "UpstreamError" if status >= 500 else "StreamError")
+    return "Function." + name
+
+
 def lambda_error_trailers(error: GatewayError | None) -> list[tuple[bytes, bytes]]:
     """Lambda's stream error trailers: a ``Function.Xxx`` type and a short base64 JSON body."""
     if error is None:
         return []
-    kind = "Function." + "".join(part.title() for part in (error.code or "stream_error").split("_"))
+    kind = lambda_error_type(error)
     body = json.dumps({"errorMessage": error.message[:500], "errorType": kind}).encode()
     return [
         (b"lambda-runtime-function-error-type", kind.encode()),
@@ -363,12 +383,3 @@ def lambda_error_trailers(error: GatewayError | None) -> list[tuple[bytes, bytes
 def _client_wants_usage(body: dict[str, Any]) -> bool:
     options = body.get("stream_options")
     return isinstance(options, dict) and bool(options.get("include_usage"))
-
-
-def _seconds_to_deadline(scope: dict[str, Any], gateway: "Gateway") -> float:
-    """Time left before the platform's deadline (Lambda), less a margin to end cleanly."""
-    lambda_ext = scope.get("extensions", {}).get("aws.lambda")
-    if not lambda_ext or not lambda_ext.get("deadline_ms"):
-        return float("inf")
-    left = lambda_ext["deadline_ms"] / 1000 - time.time() - gateway.settings.deadline_margin_seconds
-    return max(0.0, left)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
 import example_hooks
-from aisix.hooks import Call, Hook, Pipeline, load_hook
+from aisix.hooks import Call, Hook, Pipeline, RateLimitHook, load_hook
 from aisix.store import KeyRecord
 from conftest import CHAT, eventually, models_config
 
@@ -28,9 +29,43 @@ def test_a_user_hook_from_the_config_runs_for_streamed_and_plain_calls(start_gat
         "message": "This prompt is not allowed here.", "type": "invalid_request_error", "param": "messages",
         "code": "blocked",
     }
-    seen = eventually(lambda: len(example_hooks.SEEN) == 2 and example_hooks.SEEN)
-    assert [(s["stream"], s["status"]) for s in seen] == [(False, 200), (True, 200)]
-    assert all(s["usage"].total_tokens > 0 for s in seen)
+    seen = eventually(lambda: len(example_hooks.SEEN) == 3 and example_hooks.SEEN)
+    assert [(s["stream"], s["status"]) for s in seen] == [(False, 200), (True, 200), (False, 400)]
+    assert all(s["usage"].total_tokens > 0 for s in seen[:2])
+    assert seen[2]["usage"] is None, "a call refused before the upstream is charged nothing"
+
+
+def test_post_call_hooks_see_every_refused_call(start_gateway):
+    """401, 404, 403, 429 and a hook's own refusal all reach post_call, with their error and no usage."""
+
+    class Audit(Hook):
+        def __init__(self):
+            self.calls = []
+
+        async def post_call(self, call):
+            self.calls.append((call.status, call.error.code if call.error else None, call.usage,
+                               call.key.key_id if call.key else None))
+
+    audit = Audit()
+    gw = start_gateway(hooks=[audit])
+    limiter = next(h for h in gw.gateway.pipeline.hooks if isinstance(h, RateLimitHook))
+    now = time.time()
+    limiter.quota.clock = lambda: now  # one rate window for the whole test
+    secret = gw.key(models={"my-gpt4-mini"}, rpm=1)
+    with gw.client("sk-not-a-key") as client:
+        assert client.post("/v1/chat/completions", json=CHAT).status_code == 401
+    with gw.client(secret) as client:
+        assert client.post("/v1/chat/completions", json={**CHAT, "model": "nope"}).status_code == 404
+        assert client.post("/v1/chat/completions", json={**CHAT, "model": "other-model"}).status_code == 403
+        assert client.post("/v1/chat/completions", json=CHAT).status_code == 200
+        assert client.post("/v1/chat/completions", json=CHAT).status_code == 429
+    calls = eventually(lambda: len(audit.calls) == 5 and audit.calls)
+    key_id = gw.key_id(secret)
+    assert calls[0] == (401, "invalid_api_key", None, None)
+    assert calls[1] == (404, "model_not_found", None, key_id)
+    assert calls[2] == (403, "model_not_allowed", None, key_id)
+    assert calls[3][0] == 200 and calls[3][2] is not None
+    assert calls[4] == (429, "rate_limit_exceeded", None, key_id)
 
 
 def test_builtin_hooks_run_before_user_hooks(start_gateway):

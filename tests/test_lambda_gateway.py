@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -21,14 +22,30 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
-def function(tmp_path, store, upstream):
+def function(request, tmp_path, store, upstream):
+    """Invoke ``handler:app`` in a runtime subprocess; ``invoke.shutdown()`` spins it down as Lambda does.
+
+    Token charges are written at once (``AISIX_TOKEN_FLUSH_SECONDS=0``) unless a test
+    parametrizes the fixture with other environment variables."""
     models = tmp_path / "models.yaml"
+    overrides = dict(getattr(request, "param", {}))
+    black_hole = None
+    if overrides.pop("_black_hole", False):
+        # A listener whose accept queue is full: a connection to it hangs, never accepted.
+        server = socket.socket()
+        server.bind(("127.0.0.1", 0))
+        server.listen(0)
+        filler = socket.create_connection(server.getsockname())
+        request.addfinalizer(server.close)
+        request.addfinalizer(filler.close)
+        black_hole = f"http://127.0.0.1:{server.getsockname()[1]}/v1"
     models.write_text(
         "models:\n"
         "  - name: my-gpt4-mini\n"
         "    model: gpt-4o-mini\n"
         f"    base_url: {upstream.base_url}\n"
         "    timeout: 5\n"
+        + (f"  - {{name: black-hole, model: m, base_url: '{black_hole}', timeout: 30}}\n" if black_hole else "")
     )
     with EmulatorThread() as emu:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AISIX_", "AWS_LAMBDA_"))}
@@ -39,12 +56,14 @@ def function(tmp_path, store, upstream):
             AISIX_COUNTERS_TABLE=store.counters_table,
             AISIX_DYNAMODB_ENDPOINT=store.client.meta.endpoint_url,
             AISIX_DEADLINE_MARGIN_SECONDS="1",
+            AISIX_TOKEN_FLUSH_SECONDS="0",
             PYTHONPATH=str(ROOT),
         )
+        env.update(overrides)
         process = subprocess.Popen([sys.executable, "-m", "aisix.lambda_runtime", "handler:app"], cwd=ROOT, env=env)
 
         def invoke(body: dict | None = None, secret: str | None = None, path: str = "/v1/chat/completions",
-                   **options):
+                   door: str = "function-url", **options):
             headers = [("host", "abc.lambda-url.us-east-1.on.aws"), ("content-type", "application/json")]
             if secret:
                 headers.append(("authorization", f"Bearer {secret}"))
@@ -52,6 +71,8 @@ def function(tmp_path, store, upstream):
             raw = json.dumps(body).encode() if body is not None else b""
             event = function_url_event(method, path, headers, raw, source_ip="203.0.113.9", url_id="abc",
                                        region="us-east-1", request_id="r")
+            if door == "http-api":  # the same payload 2.0 event through an HTTP API: answered buffered
+                event["requestContext"]["domainName"] = "abc.execute-api.us-east-1.amazonaws.com"
             invocation = emu.invoke(event, **options)
             deadline = time.monotonic() + 30
             while not invocation.finished.wait(0.05):
@@ -59,6 +80,8 @@ def function(tmp_path, store, upstream):
                 assert time.monotonic() < deadline, "no answer in time"
             return invocation
 
+        invoke.shutdown = lambda: emu.shutdown(process, grace=30)  # type: ignore[attr-defined]
+        invoke.emulator = emu  # type: ignore[attr-defined]
         yield invoke
         process.terminate()
         process.wait(10)
@@ -94,9 +117,37 @@ def test_one_warm_process_serves_invocations_in_a_row_and_counts_them_in_dynamod
             totals.append(json.loads(sse_events(inv.payload.decode())[-2])["usage"]["total_tokens"])
         else:
             totals.append(json.loads(inv.payload)["usage"]["total_tokens"])
-    window = store.read_window(key_id_for(hash_key(secret)))
-    assert window.requests == 3
-    assert window.tokens == sum(totals), "usage is written before each invocation returns"
+    key_id = key_id_for(hash_key(secret))
+    # Written after the answer has ended, before the runtime asks for the next event.
+    assert eventually(lambda: store.read_window(key_id).tokens == sum(totals)), store.read_window(key_id)
+    assert store.read_window(key_id).requests == 3
+
+
+@pytest.mark.parametrize("function", [{"AISIX_TOKEN_FLUSH_SECONDS": "600"}], indirect=True)
+def test_token_charges_are_coalesced_across_invocations_and_written_at_shutdown(function, store):
+    """No DynamoDB write per invocation for tokens; Lambda's SIGTERM at spin-down writes them all."""
+    secret, _ = issue_key(store, "lambda", tpm=100_000)
+    key_id = key_id_for(hash_key(secret))
+    totals = []
+    for _ in range(3):
+        inv = function({**CHAT, "stream": True, "stream_options": {"include_usage": True}}, secret)
+        totals.append(json.loads(sse_events(inv.payload.decode())[-2])["usage"]["total_tokens"])
+    assert store.read_window(key_id).tokens == 0, "charges wait in the instance, up to AISIX_TOKEN_FLUSH_SECONDS"
+    names = [e.name for e in function.emulator.call(lambda: function.emulator.emulator.registered_extensions)]
+    assert names == ["aisix-shutdown"], "an extension is registered, so that Lambda sends SIGTERM"
+    assert function.shutdown(), "the runtime exited by itself after SIGTERM"
+    assert store.read_window(key_id).tokens == sum(totals)
+
+
+@pytest.mark.parametrize("function", [{"AISIX_TOKEN_FLUSH_SECONDS": "0.001"}], indirect=True)
+def test_a_charge_older_than_the_flush_age_is_written_by_the_next_invocation(function, store):
+    secret, _ = issue_key(store, "lambda", tpm=100_000)
+    key_id = key_id_for(hash_key(secret))
+    first = function(CHAT, secret)
+    assert first.prelude["statusCode"] == 200
+    second = function(CHAT, secret)
+    used = [json.loads(inv.payload)["usage"]["total_tokens"] for inv in (first, second)]
+    assert eventually(lambda: store.read_window(key_id).tokens == sum(used)), store.read_window(key_id)
 
 
 def test_refusals_before_the_stream_are_http_errors(function, store):
@@ -132,4 +183,42 @@ def test_a_stream_nearing_the_deadline_ends_cleanly_and_is_charged(function, sto
     assert json.loads(events[-1])["error"]["code"] == "upstream_timeout"
     assert inv.error is not None and inv.error["type"] == "Function.UpstreamTimeout"
     assert len(events) > 3, "what came before the deadline was relayed"
-    assert store.read_window(key_id_for(hash_key(secret))).tokens > 0
+    assert eventually(lambda: store.read_window(key_id_for(hash_key(secret))).tokens > 0)
+
+
+def buffered_answer(invocation) -> tuple[int, dict]:
+    result = json.loads(invocation.body)
+    return result["statusCode"], json.loads(result["body"])
+
+
+def test_a_buffered_call_cut_off_by_the_deadline_answers_an_openai_error(function, store):
+    """HTTP API door: the app ends the call before Lambda would, with a JSON error the SDKs parse."""
+    secret, _ = issue_key(store, "lambda", tpm=100_000)
+    slow = {**CHAT, "mock": {"first_byte_delay": 20}}
+    inv = function(slow, secret, door="http-api", timeout_ms=3000)
+    assert not inv.streamed
+    status, body = buffered_answer(inv)
+    assert status == 504
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    assert body["error"]["code"] == "upstream_timeout"
+
+
+def test_a_streamed_call_cut_off_before_its_first_byte_answers_an_openai_error(function, store):
+    secret, _ = issue_key(store, "lambda", tpm=100_000)
+    inv = function({**CHAT, "stream": True, "mock": {"first_byte_delay": 20}}, secret, timeout_ms=3000)
+    assert inv.prelude["statusCode"] == 504
+    assert json.loads(inv.payload)["error"]["code"] == "upstream_timeout"
+
+
+@pytest.mark.parametrize("function", [{"_black_hole": True}], indirect=True)
+def test_a_call_cut_off_while_connecting_is_not_charged(function, store):
+    """The request never left (the upstream never accepted the connection): the 504 costs no tokens."""
+    secret, _ = issue_key(store, "lambda", tpm=100_000)
+    for body, door in (({**CHAT, "model": "black-hole", "stream": True}, "function-url"),
+                       ({**CHAT, "model": "black-hole"}, "http-api")):
+        inv = function(body, secret, door=door, timeout_ms=3000)
+        assert (inv.prelude["statusCode"] if inv.streamed else buffered_answer(inv)[0]) == 504
+    used = json.loads(function(CHAT, secret).payload)["usage"]["total_tokens"]
+    key_id = key_id_for(hash_key(secret))
+    # Only the call that reached the upstream is charged (the others would add their prompt estimate).
+    assert eventually(lambda: store.read_window(key_id).tokens == used), store.read_window(key_id)

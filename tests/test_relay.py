@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 
@@ -11,7 +12,8 @@ import pytest
 
 from aisix.hooks import Hook
 from aisix.local.mock_upstream import serve_lifespan
-from conftest import CHAT, ServerThread, eventually, models_config, sse_events
+from conftest import CHAT, ServerThread, chunked_frames, eventually, models_config, sse_events
+from faultkit import RawClient
 
 STREAM = {**CHAT, "stream": True}
 
@@ -95,38 +97,47 @@ def test_sse_framing_crlf_comments_multiline_and_split_reads(raw_gateway):
 
 
 def test_each_upstream_event_is_its_own_write(raw_gateway):
-    """Two events in one upstream read still leave the gateway as two writes."""
-    pieces = [("data: " + chunk("a") + "\n\ndata: " + chunk("b") + "\n\n").encode(), b"data: [DONE]\n\n"]
+    """Two events in one upstream read still leave the gateway as two writes.
+
+    Read at the HTTP level over a plain socket: the gateway's server sends each ASGI body
+    message as one chunk of the chunked transfer encoding, so the frames are its writes
+    (an HTTP client library would hand back its reads, which may merge or split them).
+    """
+    events = [chunk("a"), chunk("b"), chunk("c")]
+    pieces = [("data: " + events[0] + "\n\ndata: " + events[1] + "\n\n").encode(),  # two events, one read
+              ("data: " + events[2] + "\n\ndata: [DONE]\n\n").encode()]
     gw = raw_gateway(pieces)
-    writes = []
-
-    async def read() -> None:
-        async with httpx.AsyncClient(base_url=gw.url) as client:
-            async with client.stream("POST", "/v1/chat/completions", json=STREAM,
-                                     headers={"authorization": f"Bearer {gw.key()}"}) as response:
-                async for raw in response.aiter_raw():
-                    writes.append(raw)
-
-    asyncio.run(read())
-    # The server writes each ASGI message as one HTTP chunk; httpx may still merge
-    # reads, so count events per write: none may hold a partial event.
-    joined = b"".join(writes).decode()
-    assert sse_events(joined)[:2] == [chunk("a"), chunk("b")]
-    assert all(w.endswith(b"\n\n") for w in writes)
+    client = RawClient(gw.url, "/v1/chat/completions", STREAM, gw.key())
+    raw = client.read_until(lambda got: got.endswith(b"\r\n0\r\n\r\n"), timeout=30)
+    client.hang_up()
+    head, frames = chunked_frames(bytes(raw))
+    assert head.startswith(b"HTTP/1.1 200") and b"transfer-encoding: chunked" in head.lower()
+    assert frames == [f"data: {e}\n\n".encode() for e in events] + [b"data: [DONE]\n\n"]
 
 
-def test_keepalive_comments_while_the_upstream_is_silent(start_gateway):
-    gw = start_gateway(keepalive_seconds=0.3)
+def test_keepalive_comments_while_the_upstream_is_silent_after_its_status(raw_gateway):
+    """Once the upstream has answered 200, silences are filled with SSE comments; the events follow intact."""
+    pieces = [b": hello\n\n", ("data: " + chunk("a") + "\n\n").encode(), b"data: [DONE]\n\n"]
+    gw = raw_gateway(pieces, pause=0.8)
+    gw.gateway.settings = dataclasses.replace(gw.gateway.settings, keepalive_seconds=0.2)
     with gw.client(gw.key()) as client:
-        started = time.monotonic()
-        with client.stream("POST", "/v1/chat/completions", json={**STREAM, "mock": {"first_byte_delay": 1.2}}) as r:
-            raw = r.iter_raw()
-            first = next(raw)
-            first_at = time.monotonic() - started
-            rest = b"".join(raw)
-    assert first == b": keep-alive\n\n"
-    assert first_at < 1.0, "the keep-alive came before the upstream's first byte"
-    assert sse_events((first + rest).decode())[-1] == "[DONE]"
+        with client.stream("POST", "/v1/chat/completions", json=STREAM) as r:
+            assert r.status_code == 200
+            body = r.read()
+    assert body.startswith(b": keep-alive\n\n"), body[:100]
+    assert sse_events(body.decode()) == [chunk("a"), "[DONE]"]
+
+
+def test_no_byte_reaches_the_client_before_the_upstream_status(start_gateway):
+    """An upstream that refuses after a long silence is still a clean HTTP error, Retry-After kept."""
+    gw = start_gateway(keepalive_seconds=0.05)
+    slow_429 = {**STREAM, "mock": {"first_byte_delay": 0.5, "status": 429, "message": "slow down"}}
+    with gw.client(gw.key()) as client:
+        response = client.post("/v1/chat/completions", json=slow_429)
+    assert response.status_code == 429
+    assert response.headers["retry-after"] == "7"
+    assert response.headers["content-type"].startswith("application/json")
+    assert response.json()["error"]["message"] == "slow down"
 
 
 def test_usage_from_the_final_chunk_is_charged_to_tpm(start_gateway):

@@ -11,10 +11,13 @@ A hook is a class with up to three methods, each optional:
     event's ``data`` text as the upstream sent it. Synchronous and on the hot
     path: keep it to a few microseconds.
 ``async post_call(call)``
-    Runs once after the call, streamed or not, whether it succeeded, failed
-    or was cut off by the client: ``call.usage`` holds the tokens used (real
-    or, with ``call.usage_estimated``, estimated), ``call.error`` the failure
-    if any. Exceptions here are logged, never sent to the client.
+    Runs once after every call, streamed or not, whether it succeeded, failed,
+    was refused (401, 403, 404, 429, a hook's own refusal) or was cut off by
+    the client, after the client has its answer: ``call.usage`` holds the
+    tokens used (real or, with ``call.usage_estimated``, estimated; None when
+    the upstream never saw the call), ``call.error`` the failure if any.
+    ``call.key`` is None when the key itself was refused (401). Exceptions
+    here are logged, never sent to the client.
 
 The pipeline notes once, at start, which hooks define which method, so a
 hook that has no ``on_chunk`` costs nothing per chunk.
@@ -47,7 +50,7 @@ class TokenUsage:
 class Call:
     """Everything hooks may know about one chat completion call."""
 
-    key: "KeyRecord"
+    key: "KeyRecord | None"  # None until authenticated (and for a refused key)
     model_name: str
     body: dict[str, Any]
     stream: bool

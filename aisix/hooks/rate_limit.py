@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 
 from ..errors import GatewayError, service_unavailable
 from ..quota import Quota, View, reset_seconds
@@ -27,6 +26,7 @@ class RateLimitHook(Hook):
 
     async def pre_call(self, call: Call) -> None:
         key = call.key
+        assert key is not None, "pre_call runs for authenticated calls only"
         if key.rpm is None and key.tpm is None:
             return
         try:
@@ -45,16 +45,15 @@ class RateLimitHook(Hook):
 
     async def post_call(self, call: Call) -> None:
         key = call.key
-        if key.tpm is not None and call.usage is not None:
+        if key is not None and key.tpm is not None and call.usage is not None:
             await self.quota.charge(key, call.usage.total_tokens)
 
     async def aclose(self) -> None:
         await self.quota.close()
 
-    @staticmethod
-    def _headers(call: Call, view: View) -> dict[str, str]:
+    def _headers(self, call: Call, view: View) -> dict[str, str]:
         key = call.key
-        reset = f"{reset_seconds(view)}s"
+        reset = f"{reset_seconds(view, self.quota.clock())}s"
         headers: dict[str, str] = {}
         if key.rpm is not None:
             headers["x-ratelimit-limit-requests"] = str(key.rpm)
@@ -68,7 +67,7 @@ class RateLimitHook(Hook):
 
     def _refusal(self, call: Call, view: View) -> GatewayError:
         key = call.key
-        retry_after = max(1, math.ceil(view.window + 60 - time.time()))
+        retry_after = max(1, math.ceil(view.window + 60 - self.quota.clock()))
         headers = self._headers(call, view)
         headers["retry-after"] = str(retry_after)
         if key.rpm is not None and view.requests >= key.rpm:

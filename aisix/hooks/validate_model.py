@@ -28,7 +28,7 @@ class ValidateModelHook(Hook):
                 param="model",
                 code="model_not_found",
             )
-        if not call.key.may_use(model.name):
+        if call.key is None or not call.key.may_use(model.name):
             raise GatewayError(
                 403,
                 f"This API key is not allowed to use the model '{model.name}'.",

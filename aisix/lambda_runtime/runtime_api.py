@@ -25,6 +25,7 @@ from .stream import (
 )
 
 PREFIX = "/2018-06-01/runtime"
+EXTENSION_PREFIX = "/2020-01-01/extension"
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,30 @@ class RuntimeAPI:
         answer = await self._call("GET", f"{PREFIX}/restore/next")
         if answer.status != 200:
             raise ConnectionError(f"/restore/next answered {answer.status}")
+
+    async def register_extension(self, name: str) -> str:
+        """Register an internal extension for no events; returns its identifier.
+
+        Its only purpose: Lambda sends SIGTERM (and allows 500 ms) to a runtime
+        at spin-down only when an extension is registered, and that is when the
+        app writes what it still holds (token charges). Must happen during init.
+        """
+        answer = await self._call(
+            "POST", f"{EXTENSION_PREFIX}/register",
+            [("Lambda-Extension-Name", name), ("Content-Type", "application/json")],
+            b'{"events":[]}',
+        )
+        identifier = answer.headers.get("lambda-extension-identifier")
+        if answer.status != 200 or not identifier:
+            raise ConnectionError(f"extension registration answered {answer.status}: {answer.body[:200]!r}")
+        return identifier
+
+    async def extension_next(self, identifier: str) -> bytes:
+        """The extension's `/event/next`: tells Lambda it is ready; blocks until an event (for us, never)."""
+        answer = await self._call(
+            "GET", f"{EXTENSION_PREFIX}/event/next", [("Lambda-Extension-Identifier", identifier)]
+        )
+        return answer.body
 
     async def open_stream(self, invocation: Invocation, prelude: bytes, on_gone: Callable[[], None]) -> ResponseStream:
         """Start a streamed response; `prelude` goes out as the first chunk."""

@@ -10,28 +10,64 @@ import ssl
 import httpx
 
 from ..errors import GatewayError, upstream_error, upstream_timeout
+from .sent import mark_sent
 
 
 def make_upstream_client(transport: str = "aiohttp", max_connections: int = 1000) -> httpx.AsyncClient:
-    """An ``httpx.AsyncClient``; with ``transport="aiohttp"`` over aiohttp's connection pool.
+    """An ``httpx.AsyncClient`` over the chosen transport; every one reports when a request has left.
 
-    httpx's own transport (httpcore + anyio + h11) spends most of a relay's
-    CPU (see README, "Performance"); httpx-aiohttp keeps httpx's API and
-    errors over aiohttp's faster I/O. On Lambda, where one instance serves one
-    call at a time and aiohttp's import would cost ~150 ms of every cold start,
-    plain httpx is the better trade (``AISIX_UPSTREAM_TRANSPORT=httpx``).
+    * ``aiohttp`` (local server): httpx's API and errors over aiohttp's pool.
+      httpx's own transport (httpcore + anyio + h11) spends most of a relay's
+      CPU (see README, "Performance").
+    * ``lean`` (Lambda): `aisix.providers.transport`, asyncio + h11. One
+      instance serves one call at a time, aiohttp's import would cost ~150 ms
+      of every cold start, and httpcore ~130 µs per paced chunk.
+    * ``httpx``: httpx's own transport, for comparison.
 
-    ``max_connections`` caps concurrent upstream calls; a call beyond it waits
-    for a free connection (bounded by its model's time-out).
+    ``max_connections`` caps concurrent upstream calls (aiohttp, httpx); a call
+    beyond it waits for a free connection (bounded by its model's time-out).
     """
     # httpx logs every request at INFO: a formatted line per call nobody asked for.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=20)
-    if transport == "aiohttp":
-        from httpx_aiohttp import AiohttpTransport
+    if transport == "lean":
+        from .transport import LeanTransport
 
-        return httpx.AsyncClient(transport=AiohttpTransport(limits=limits), trust_env=False)
-    return httpx.AsyncClient(limits=limits, trust_env=False)
+        return httpx.AsyncClient(transport=LeanTransport(), trust_env=False)
+    if transport == "aiohttp":
+        return httpx.AsyncClient(transport=_aiohttp_transport(limits), trust_env=False)
+    return httpx.AsyncClient(limits=limits, trust_env=False, event_hooks={"request": [_trace_sent]})
+
+
+def _aiohttp_transport(limits: httpx.Limits) -> httpx.AsyncBaseTransport:
+    """httpx-aiohttp's transport over a session whose trace hook reports the request headers sent."""
+    import aiohttp
+    from httpx_aiohttp import AiohttpTransport
+
+    async def headers_sent(*_: object) -> None:
+        mark_sent()
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_headers_sent.append(headers_sent)
+    ssl_context = httpx.create_ssl_context(trust_env=False)
+
+    def session() -> aiohttp.ClientSession:  # built on first use, inside the running loop
+        connector = aiohttp.TCPConnector(
+            limit=limits.max_connections or 0, keepalive_timeout=limits.keepalive_expiry, ssl=ssl_context
+        )
+        return aiohttp.ClientSession(connector=connector, trace_configs=[trace])
+
+    return AiohttpTransport(limits=limits, client=session)
+
+
+async def _trace_sent(request: httpx.Request) -> None:
+    """httpx's own transport: httpcore's trace extension says when the request headers are out."""
+
+    async def trace(event: str, info: dict[str, object]) -> None:
+        if event == "http11.send_request_headers.complete":
+            mark_sent()
+
+    request.extensions["trace"] = trace
 
 
 def is_timeout(exc: Exception) -> bool:
