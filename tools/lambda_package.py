@@ -50,8 +50,9 @@ ROOT = Path(__file__).resolve().parent.parent
 BOTOCORE_SERVICES = ("dynamodb", "secretsmanager")
 
 # In requirements.txt for the local server, never imported on Lambda:
-# * aiohttp and httpx-aiohttp: on Lambda the upstream client is plain httpx
-#   (AISIX_UPSTREAM_TRANSPORT defaults to httpx there, see aisix/config.py);
+# * aiohttp and httpx-aiohttp: on Lambda the upstream client is httpx over the lean
+#   asyncio + h11 transport (AISIX_UPSTREAM_TRANSPORT defaults to lean there, see
+#   aisix/config.py and aisix/providers/transport.py);
 # * boto3 and s3transfer: the gateway uses botocore's client directly (aisix/store.py,
 #   aisix/secrets.py); boto3 is for the key CLI, which runs on an operator's machine.
 LEFT_OUT = frozenset({"aiohttp", "httpx-aiohttp", "boto3", "s3transfer"})
