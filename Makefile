@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PORT ?= 3000
 
-.PHONY: run test bench lint lambda-local install clean package build-GatewayFunction
+.PHONY: run test bench lint lambda-local sam-local-deps install clean package build-GatewayFunction
 
 install: $(VENV)/.installed
 
@@ -29,6 +29,16 @@ lint: install  ## cfn-lint on the SAM template
 
 lambda-local: install  ## the Lambda streaming path (function URL emulation) on http://localhost:3001, embedded default
 	$(PY) -m aisix serve --local --lambda --port 3001
+
+# For `sam local start-api --env-vars env.json`: moto and the mock upstream where SAM's container
+# reaches them (host.docker.internal). env.json names these ports; SAM_DEPS_HOST=172.17.0.1 (docker0)
+# keeps them off other interfaces on Linux.
+SAM_DEPS_HOST ?= 0.0.0.0
+SAM_DEPS_DYNAMODB_PORT ?= 3005
+SAM_DEPS_UPSTREAM_PORT ?= 3006
+
+sam-local-deps: install  ## moto (:3005) and the mock upstream (:3006) on 0.0.0.0, tables and demo key made, for sam local
+	$(PY) -m aisix local-deps --host $(SAM_DEPS_HOST) --dynamodb-port $(SAM_DEPS_DYNAMODB_PORT) --upstream-port $(SAM_DEPS_UPSTREAM_PORT)
 
 # The Lambda package (tools/lambda_package.py): handler, models file, aisix without its dev tooling, the
 # runtime dependencies Lambda imports, precompiled bytecode. For Lambda (python3.13, arm64) by default;

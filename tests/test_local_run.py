@@ -202,3 +202,62 @@ def test_a_config_mistake_under_make_run_is_one_line_and_leaves_nothing_running(
         except OSError:
             continue
     assert not leftovers, "children of the failed start still run"
+
+
+def listening_addresses(port: int) -> set[str]:
+    """The IPv4 addresses with a socket listening on ``port`` (from /proc/net/tcp)."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, _, hex_port = local.partition(":")
+        if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+            found.add(".".join(str(b) for b in reversed(bytes.fromhex(address))))
+    return found
+
+
+def test_make_sam_local_deps_serves_the_local_stack_where_a_container_reaches_it():
+    """What env.json points `sam local start-api` at: moto and the mock on every interface, tables and demo key made."""
+    from aisix.auth import hash_key
+    from aisix.local.run import sam_env
+    from aisix.store import Store, StoreUnavailable, make_client
+
+    make = ["make", "-s", "-o", ".venv/.installed", "sam-local-deps"]  # -o: no venv set-up from a test
+    planned = subprocess.run([*make, "-n"], cwd=ROOT, capture_output=True, text=True, timeout=30).stdout
+    assert "local-deps --host 0.0.0.0 --dynamodb-port 3005 --upstream-port 3006" in planned
+    assert json.loads((ROOT / "env.json").read_text()) == sam_env(3005, 3006), "env.json names the target's ports"
+
+    ddb_port, upstream_port = free_port(), free_port()
+    process = subprocess.Popen(
+        [*make, f"SAM_DEPS_DYNAMODB_PORT={ddb_port}", f"SAM_DEPS_UPSTREAM_PORT={upstream_port}", f"PY={sys.executable}"],
+        cwd=ROOT, env=local_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, process_group=0,
+    )
+    children: dict[int, str] = {}
+    try:
+        children = children_running(process, "moto.server", "aisix.local.mock_upstream")
+        store = Store(make_client(f"http://127.0.0.1:{ddb_port}", "us-east-1"), "aisix-keys", "aisix-counters")
+        deadline = time.monotonic() + 60
+        while True:  # the demo key is written last
+            try:
+                demo = store.get_key(hash_key("my-secret-key"))
+            except StoreUnavailable:
+                demo = None
+            if demo is not None or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert demo is not None and demo.models == frozenset({"my-gpt4-mini"}) and demo.enabled
+        assert {"aisix-keys", "aisix-counters"} <= set(store.client.list_tables()["TableNames"])
+        assert listening_addresses(ddb_port) == {"0.0.0.0"}
+        assert listening_addresses(upstream_port) == {"0.0.0.0"}
+        answer = httpx.post(f"http://127.0.0.1:{upstream_port}/v1/chat/completions", timeout=10,
+                            json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+        assert answer.status_code == 200 and answer.json()["choices"][0]["message"]["content"]
+
+        os.killpg(process.pid, signal.SIGINT)  # Ctrl-C in the terminal that ran make
+        output, _ = process.communicate(timeout=30)
+        assert "Traceback" not in output, output
+        assert '"AISIX_DYNAMODB_ENDPOINT": "http://host.docker.internal:' in output, "it prints what env.json needs"
+        assert_all_gone(children)
+    finally:
+        for pid in [process.pid, *children]:
+            if _stat(pid) is not None:
+                os.kill(pid, signal.SIGKILL)

@@ -35,7 +35,7 @@ DEMO_MODEL = "my-gpt4-mini"
 # unset variable") for the real upstreams it exists for.
 MOCK_UPSTREAM_KEY = "unused-by-the-mock-upstream"
 
-# `make sam-local-deps`: fixed ports, so the checked-in sam/env.json can name them.
+# `make sam-local-deps`: fixed ports, so the checked-in env.json can name them.
 SAM_DEPS_DYNAMODB_PORT = 3005
 SAM_DEPS_UPSTREAM_PORT = 3006
 SAM_FUNCTION = "GatewayFunction"  # the function's logical id in template.yaml
@@ -286,7 +286,7 @@ def sam_env(
     upstream_port: int = SAM_DEPS_UPSTREAM_PORT,
     host: str = "host.docker.internal",
 ) -> dict[str, dict[str, str]]:
-    """The ``--env-vars`` file for ``sam local start-api`` against `serve_deps` (sam/env.json)."""
+    """The ``--env-vars`` file for ``sam local start-api`` against `serve_deps` (env.json)."""
     from ..config import Settings
 
     defaults = Settings()
@@ -308,9 +308,9 @@ def serve_deps(host: str, dynamodb_port: int, upstream_port: int) -> int:
         )
         region = os.environ["AWS_REGION"]
         print(f"\nTables and the demo key '{DEMO_KEY}' (model '{DEMO_MODEL}') are in moto, region {region}.")
-        print("For `sam local start-api --env-vars <file>` (sam/env.json is this, for the default ports):\n")
+        print("For `sam local start-api --env-vars <file>` (env.json is this, for the default ports):\n")
         print(json.dumps(sam_env(dynamodb_port, upstream_port), indent=2))
-        print(f"\nThen: sam build && sam local start-api --env-vars sam/env.json --region {region}")
+        print(f"\nThen: sam build && sam local start-api --env-vars env.json --region {region}")
         print("  (Linux: add --add-host host.docker.internal:host-gateway)")
         print("\nReady. Stop with Ctrl-C (or SIGTERM).", flush=True)
         while all(child.poll() is None for child in local.children):
