@@ -815,3 +815,19 @@ def test_spin_down_signals_like_lambda(
             process.wait(10)
     assert process.returncode == code
     assert (marker_file.read_text() if marker_file.exists() else None) == marker
+
+
+def test_the_runtime_and_its_emulation_do_not_import_each_other() -> None:
+    """Dev tooling stays out of what Lambda ships, and the oracle spells the protocol itself."""
+
+    def loaded(module: str) -> set[str]:
+        code = f"import sys, {module}; print(' '.join(m for m in sys.modules if m.startswith('aisix.')))"
+        run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+        return set(run.stdout.split())
+
+    runtime = loaded("aisix.lambda_runtime.__main__")
+    assert "aisix.lambda_runtime.loop" in runtime and not {m for m in runtime if m.startswith("aisix.local")}
+    emulation = loaded("aisix.local.lambda_emulator")
+    assert "aisix.local.function_url" in emulation
+    assert not {m for m in emulation if m.startswith("aisix.lambda_runtime")}
+    assert not list((ROOT / "aisix" / "lambda_runtime").glob("*emulator*.py"))
