@@ -80,6 +80,9 @@ def test_ships_what_lambda_imports_and_nothing_else(package: Path) -> None:
     # botocore's data: the services the gateway calls, nothing else
     services = {p.name for p in (package / "botocore" / "data").iterdir() if p.is_dir()}
     assert services == {"dynamodb", "secretsmanager"}
+    endpoints = json.loads((package / "botocore" / "data" / "endpoints.json").read_text())
+    aws = next(p for p in endpoints["partitions"] if p["partition"] == "aws")
+    assert set(aws["services"]) == {"dynamodb", "secretsmanager"} and "us-east-1" in aws["regions"]
     bootstrap = package / "aisix" / "lambda_runtime" / "bootstrap"
     assert os.access(bootstrap, os.X_OK), "AWS_LAMBDA_EXEC_WRAPPER must stay executable"
 
