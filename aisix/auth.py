@@ -62,17 +62,22 @@ class KeyCache:
     """
 
     def __init__(
-        self, lookup: Callable[[str], Awaitable[KeyRecord | None]], ttl: float, max_entries: int = 10_000
+        self,
+        lookup: Callable[[str], Awaitable[KeyRecord | None]],
+        ttl: float,
+        max_entries: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._lookup = lookup
         self._ttl = ttl
+        self.clock = clock  # injectable, so tests move time past ``ttl`` instead of sleeping
         self._max_entries = max_entries
         self._entries: dict[str, tuple[float, KeyRecord | None]] = {}
         self._inflight: dict[str, asyncio.Future[KeyRecord | None]] = {}
 
     async def authenticate(self, secret: str) -> KeyRecord:
         key_hash = hash_key(secret)
-        now = time.monotonic()
+        now = self.clock()
         entry = self._entries.get(key_hash)
         if entry is not None and entry[0] > now:
             record = entry[1]
@@ -96,7 +101,7 @@ class KeyCache:
         record = await self._lookup(key_hash)
         if len(self._entries) >= self._max_entries:
             self._entries.clear()
-        self._entries[key_hash] = (time.monotonic() + self._ttl, record)
+        self._entries[key_hash] = (self.clock() + self._ttl, record)
         return record
 
     def clear(self) -> None:

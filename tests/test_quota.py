@@ -1,15 +1,20 @@
-"""Quota leases over the DynamoDB counters (moto): fewer round trips, never over the limit."""
+"""Quota leases over the DynamoDB counters (moto): fewer round trips, never over the limit.
+
+Every test runs its quotas on a `FakeClock`: the windows are the test's own, and a test
+that needs a minute to turn moves the clock instead of waiting.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 
 import pytest
 
-from aisix.quota import Quota
-from aisix.store import AsyncStore, KeyRecord, RateLimited, StoreUnavailable, window_start
-from conftest import wait_for_fresh_window
+from aisix.quota import Quota, View, reset_seconds
+from aisix.store import AsyncStore, KeyRecord, RateLimited, Store, StoreUnavailable, make_client, window_start
+from conftest import FakeClock
 
 
 class CountingStore(AsyncStore):
@@ -31,10 +36,9 @@ def key(rpm=None, tpm=None, key_id="key_quota"):
     return KeyRecord(key_id, "h", "n", None, rpm, tpm)
 
 
-def test_a_busy_key_is_served_from_leases_not_a_round_trip_per_request(store):
-    wait_for_fresh_window()
+def test_a_busy_key_is_served_from_leases_not_a_round_trip_per_request(store, clock):
     counting = CountingStore(store)
-    quota = Quota(counting)
+    quota = Quota(counting, clock=clock)
     k = key(rpm=10_000)
 
     async def run():
@@ -44,13 +48,40 @@ def test_a_busy_key_is_served_from_leases_not_a_round_trip_per_request(store):
 
     asyncio.run(run())
     assert counting.takes <= 12, f"{counting.takes} DynamoDB calls for 200 requests"
-    assert store.read_window(k.key_id).requests == 200, "unused leased requests are given back on close"
+    assert store.read_window(k.key_id, clock()).requests == 200, "unused leased requests are given back on close"
 
 
-def test_instances_together_never_take_more_than_the_limit(store):
-    wait_for_fresh_window(margin=15)
-    quotas = [Quota(AsyncStore(store)) for _ in range(4)]
-    k = key(rpm=50)
+@pytest.fixture(scope="module")
+def atomic_stores(moto_endpoint, atomic_moto_endpoint):
+    """Four instances' stores over `atomic_moto_endpoint`, shared by the trials (a botocore
+    client costs ~0.5 s to build). One attempt and a long time-out each: a retried conditional
+    write that had in fact landed would be counted twice (the production client's short
+    time-outs are tested in test_state_faults.py)."""
+    suffix = uuid.uuid4().hex[:8]
+    tables = Store(make_client(moto_endpoint, "us-east-1"), f"keys-{suffix}", f"counters-{suffix}")
+    tables.create_tables()
+    stores = [
+        AsyncStore(Store(make_client(atomic_moto_endpoint, "us-east-1", timeout=30, attempts=1),
+                         tables.keys_table, tables.counters_table))
+        for _ in range(4)
+    ]
+    yield tables, stores
+    for s in stores:
+        s.close()
+
+
+@pytest.mark.parametrize("trial", range(20))
+def test_instances_together_never_take_more_than_the_limit(atomic_stores, trial):
+    """200 concurrent requests on 4 instances against 50 RPM: exactly 50 admitted, 20 times over.
+
+    The instances write to `atomic_moto_endpoint` (moto served one request at a time),
+    because moto's threaded server lets two concurrent conditional UpdateItems pass one
+    condition, which DynamoDB never does: against it this test measures moto, not the quota.
+    """
+    tables, stores = atomic_stores
+    clock = FakeClock()
+    quotas = [Quota(s, clock=clock) for s in stores]
+    k = key(rpm=50, key_id=f"key_exact{trial}")
 
     async def run():
         async def one(i):
@@ -64,12 +95,35 @@ def test_instances_together_never_take_more_than_the_limit(store):
 
     admitted = asyncio.run(run())
     assert admitted.count(True) == 50
-    assert store.read_window(k.key_id).requests == 50
+    assert tables.read_window(k.key_id, clock()).requests == 50
 
 
-def test_token_charges_are_coalesced_and_flushed_on_close(store):
+def test_a_new_window_admits_again_and_the_reset_counts_down_to_it(store, clock):
+    quota = Quota(AsyncStore(store), clock=clock)
+    k = key(rpm=2)
+
+    async def run():
+        first = await quota.admit(k)
+        await quota.admit(k)
+        with pytest.raises(RateLimited) as refused:
+            await quota.admit(k)
+        clock.advance(30)
+        with pytest.raises(RateLimited):
+            await quota.admit(k)  # still the same minute: refused locally
+        clock.next_window()
+        again = await quota.admit(k)
+        return first, refused.value.usage, again
+
+    first, refused, again = asyncio.run(run())
+    assert refused.requests == 2 and refused.window_start == first.window
+    assert again.window == first.window + 60 and again.requests == 1
+    assert reset_seconds(View(again.window, 0, 0), clock()) == 55, "5 s into the window: 55 s to its end"
+    assert store.read_window(k.key_id, clock()).requests == 1
+
+
+def test_token_charges_are_coalesced_and_flushed_on_close(store, clock):
     counting = CountingStore(store)
-    quota = Quota(counting, flush_seconds=30)
+    quota = Quota(counting, flush_seconds=30, clock=clock)
     k = key(tpm=1_000_000)
 
     async def run():
@@ -80,12 +134,12 @@ def test_token_charges_are_coalesced_and_flushed_on_close(store):
 
     asyncio.run(run())
     assert counting.adds == 1
-    assert store.read_window(k.key_id).tokens == 70
+    assert store.read_window(k.key_id, clock()).tokens == 70
 
 
-def test_tokens_seen_from_other_instances_refuse_locally(store):
-    wait_for_fresh_window()
-    a, b = Quota(AsyncStore(store), flush_seconds=0), Quota(AsyncStore(store), flush_seconds=0)
+def test_tokens_seen_from_other_instances_refuse_locally(store, clock):
+    a = Quota(AsyncStore(store), flush_seconds=0, clock=clock)
+    b = Quota(AsyncStore(store), flush_seconds=0, clock=clock)
     k = key(tpm=100)
 
     async def run():
@@ -99,7 +153,7 @@ def test_tokens_seen_from_other_instances_refuse_locally(store):
     asyncio.run(run())
 
 
-def test_a_charge_that_cannot_be_written_is_retried_then_logged_with_its_amounts(caplog):
+def test_a_charge_that_cannot_be_written_is_retried_then_logged_with_its_amounts(caplog, clock):
     class DownStore:
         calls = 0
 
@@ -107,9 +161,9 @@ def test_a_charge_that_cannot_be_written_is_retried_then_logged_with_its_amounts
             DownStore.calls += 1
             raise StoreUnavailable("ThrottlingException")
 
-    quota = Quota(DownStore(), flush_seconds=0)  # type: ignore[arg-type]
+    quota = Quota(DownStore(), flush_seconds=0, clock=clock)  # type: ignore[arg-type]
     with caplog.at_level(logging.ERROR, logger="aisix.quota"):
         asyncio.run(quota.charge(key(tpm=10, key_id="key_lost"), 123))
     assert DownStore.calls == 3
     assert "key_id=key_lost" in caplog.text and "tokens=123" in caplog.text
-    assert f"window={window_start()}" in caplog.text
+    assert f"window={window_start(clock())}" in caplog.text
