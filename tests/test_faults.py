@@ -118,7 +118,7 @@ class LambdaFront(Front):
         env.update(
             TEST_UPSTREAM_KEY=UPSTREAM_KEY, AISIX_CONFIG=str(models), AISIX_KEYS_TABLE=self.store.keys_table,
             AISIX_COUNTERS_TABLE=self.store.counters_table, AISIX_DYNAMODB_ENDPOINT=self.moto_endpoint,
-            AISIX_KEY_CACHE_SECONDS="0.5",
+            AISIX_KEY_CACHE_SECONDS="0.5", AISIX_TOKEN_FLUSH_SECONDS="0",  # each charge written at once, as locally
             **{f"AISIX_{name.upper()}": str(value) for name, value in settings.items()},
         )
         root = str(Path(__file__).resolve().parents[1])
