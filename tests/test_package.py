@@ -128,6 +128,10 @@ def spy(self, data, path, *args, **kwargs):
 bootstrap.SourceLoader.source_to_code = spy
 
 import handler  # builds the app, as Lambda's init does
+import importlib.util
+if importlib.util.find_spec("uvloop") is not None:  # the runtime loop's event loop: its library still loads
+    import uvloop
+    uvloop.new_event_loop().close()
 
 class Context:
     aws_request_id = "req-1"

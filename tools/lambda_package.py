@@ -21,6 +21,7 @@ What goes in, and why:
   it creates any client (endpoints, partitions, defaults, retry rules), with
   endpoints.json cut to those services too. The rest is ~27 MB unzipped, two thirds
   of a naive package, for services the gateway never calls.
+* Compiled extensions without their debug sections (``strip --strip-debug``).
 * Bytecode for every module, compiled by the target's Python version with
   ``--invalidation-mode unchecked-hash``: Lambda's /var/task is read-only, so a
   missing or stale ``.pyc`` means compiling from source on every cold start
@@ -177,6 +178,23 @@ def prune_endpoints(path: Path) -> None:
     path.write_text(json.dumps(document, separators=(",", ":"), sort_keys=True))
 
 
+def strip_debug_info(out: Path) -> None:
+    """Debug sections out of compiled extensions (uvloop's arm64 build: 16 MB, 1.9 MB without them).
+
+    ``--strip-debug`` removes only the DWARF sections, never symbols the loader needs.
+    llvm-strip handles every architecture; GNU strip only its own, so on an x86 host an
+    arm64 library may be left as it is (the package is then larger, not broken).
+    """
+    tool = os.environ.get("LAMBDA_STRIP") or shutil.which("llvm-strip") or shutil.which("strip")
+    if not tool:
+        print("no strip tool found: compiled extensions keep their debug info", file=sys.stderr)
+        return
+    for library in sorted(out.rglob("*.so")):
+        done = subprocess.run([tool, "--strip-debug", str(library)], capture_output=True, text=True)
+        if done.returncode != 0:
+            print(f"{tool} could not strip {library.relative_to(out)}: {done.stderr.strip()}", file=sys.stderr)
+
+
 def copy_app(out: Path) -> None:
     for name in APP_FILES:
         shutil.copy2(ROOT / name, out / name)
@@ -254,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         copy_from_current(out, requirements)
     prune_dependencies(out)
+    strip_debug_info(out)
     copy_app(out)
     compile_bytecode(out, python)
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
