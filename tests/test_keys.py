@@ -75,7 +75,8 @@ def test_concurrent_misses_share_one_lookup(store):
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = "models:\n" + "".join(
-    f"  - name: {name}\n    model: gpt-4o-mini\n    base_url: http://127.0.0.1:9/v1\n" for name in ("my-gpt4-mini", "other")
+    f"  - name: {name}\n    model: gpt-4o-mini\n    base_url: http://127.0.0.1:9/v1\n"
+    for name in ("my-gpt4-mini", "other")
 )
 
 

@@ -178,8 +178,12 @@ def test_sigterm_stops_everything_it_started(path):
                 os.kill(pid, signal.SIGKILL)
 
 
-def test_a_config_mistake_under_make_run_is_one_line_and_leaves_nothing_running(tmp_path):
-    """moto and the mock start before the gateway loads its models file: they are stopped when it fails."""
+@pytest.mark.parametrize("path", ["serve", "lambda"])
+def test_a_config_mistake_under_make_run_is_one_line_and_leaves_nothing_running(tmp_path, path):
+    """moto and the mock start before the gateway loads its models file: they are stopped when it fails.
+
+    On the Lambda path the runtime process would crash at init and be restarted every second:
+    the mistake is found before it starts."""
     models = tmp_path / "models.yaml"
     models.write_text(
         "models:\n  - name: my-gpt4-mini\n    model: m\n    base_url: http://127.0.0.1:9/v1\n"
@@ -187,7 +191,8 @@ def test_a_config_mistake_under_make_run_is_one_line_and_leaves_nothing_running(
     )
     env = local_env(AISIX_CONFIG=str(models))
     result = subprocess.run(
-        [sys.executable, "-m", "aisix", "serve", "--local", "--port", str(free_port())],
+        [sys.executable, "-m", "aisix", "serve", "--local", "--port", str(free_port()),
+         *(["--lambda"] if path == "lambda" else [])],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=90,
     )
     assert result.returncode == 2, result.stdout + result.stderr
@@ -228,7 +233,8 @@ def test_make_sam_local_deps_serves_the_local_stack_where_a_container_reaches_it
 
     ddb_port, upstream_port = free_port(), free_port()
     process = subprocess.Popen(
-        [*make, f"SAM_DEPS_DYNAMODB_PORT={ddb_port}", f"SAM_DEPS_UPSTREAM_PORT={upstream_port}", f"PY={sys.executable}"],
+        [*make, f"SAM_DEPS_DYNAMODB_PORT={ddb_port}", f"SAM_DEPS_UPSTREAM_PORT={upstream_port}",
+         f"PY={sys.executable}"],
         cwd=ROOT, env=local_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, process_group=0,
     )
     children: dict[int, str] = {}
@@ -261,3 +267,15 @@ def test_make_sam_local_deps_serves_the_local_stack_where_a_container_reaches_it
         for pid in [process.pid, *children]:
             if _stat(pid) is not None:
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_env_json_sets_only_variables_the_template_declares():
+    """SAM drops --env-vars entries the template does not declare: each would silently do nothing."""
+    from cfnlint.decode import decode
+
+    template, errors = decode(str(ROOT / "template.yaml"))
+    assert not errors
+    declared = template["Resources"]["GatewayFunction"]["Properties"]["Environment"]["Variables"]
+    (function, variables), = json.loads((ROOT / "env.json").read_text()).items()
+    assert function == "GatewayFunction"
+    assert sorted(set(variables) - set(declared)) == []

@@ -235,10 +235,19 @@ def prepare_local(
 
 
 def check_config() -> None:
-    """Load the models file once here, so a mistake is one line now (`ConfigError`), not a crash later."""
-    from ..config import Settings, load_config
+    """Load the models file once here, so a mistake is one line now (`ConfigError`), not a crash later.
 
-    load_config(Settings.from_env().config_path)
+    An upstream key that the runtime reads from Secrets Manager (``NAME_SECRET_ARN``)
+    is not here yet: such a key is not required in this check.
+    """
+    from ..config import Settings, load_config
+    from ..secrets import SUFFIX
+
+    config = load_config(Settings.from_env().config_path, require_keys=False)
+    for model in config.models.values():
+        name = model.api_key_env
+        if name and not model.api_key and not os.environ.get(name + SUFFIX):
+            load_config(Settings.from_env().config_path)  # raises, with the one-line message
 
 
 def serve_lambda(local: bool, port: int) -> int:
