@@ -35,11 +35,6 @@ PAYLOAD_TOO_LARGE = 413
 SHUTDOWN_EXTENSION = "aisix-shutdown"
 
 
-def _log_unexpected_end(task: "asyncio.Task[bytes]") -> None:
-    if not task.cancelled() and task.exception() is not None:
-        logger.warning("The shutdown extension's event wait ended: %s", task.exception())
-
-
 class Runtime:
     def __init__(self, app: ASGI, api: RuntimeAPI, *, stream_rest_api: bool, margin: int) -> None:
         self.app = app
@@ -78,7 +73,7 @@ class Runtime:
                 shutdown_signal.cancel()
             await self.lifespan.shutdown()
 
-    async def _ask_for_sigterm(self) -> "asyncio.Task[bytes] | None":
+    async def _ask_for_sigterm(self) -> "asyncio.Task[None] | None":
         """Register an internal extension, so that Lambda sends SIGTERM before it ends the
         environment and the app's lifespan shutdown runs (it writes what it still holds).
 
@@ -91,9 +86,17 @@ class Runtime:
         except (ConnectionError, OSError) as exc:
             logger.warning("No SIGTERM at shutdown: the extension could not be registered (%s)", exc)
             return None
-        task = asyncio.ensure_future(self.api.extension_next(identifier))
-        task.add_done_callback(_log_unexpected_end)
-        return task
+        return asyncio.ensure_future(self._wait_as_extension(identifier))
+
+    async def _wait_as_extension(self, identifier: str) -> None:
+        """Keep the extension's `/event/next` open; call it again if its connection breaks
+        (a SnapStart restore breaks it, and Lambda waits for every extension's call)."""
+        while True:
+            try:
+                await self.api.extension_next(identifier)
+            except (ConnectionError, OSError) as exc:
+                logger.info("The shutdown extension's event wait ended (%s); waiting again", exc)
+                await asyncio.sleep(1.0)
 
     async def handle(self, invocation: Invocation) -> None:
         if invocation.trace_id:
