@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import socket
 import threading
@@ -48,7 +50,7 @@ from aisix.auth import issue_key  # noqa: E402
 from aisix.config import Settings, parse_config  # noqa: E402
 from aisix.gateway import Gateway  # noqa: E402
 from aisix.hooks import Hook, RateLimitHook  # noqa: E402
-from aisix.local.mock_upstream import MockUpstream  # noqa: E402
+from aisix.local.mock_upstream import MockUpstream, serve_lifespan  # noqa: E402
 from aisix.quota import Quota  # noqa: E402
 from aisix.store import AsyncStore, Store, Usage, make_client, window_start  # noqa: E402
 
@@ -73,7 +75,9 @@ class ServerThread:
     def __init__(self, app: Any, port: int | None = None) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
+        # A stop waits at most 2 s for calls still running (a mock upstream may be in a 20 s delay).
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on",
+                                timeout_graceful_shutdown=2)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
@@ -274,11 +278,94 @@ def start_gateway(
         running.server.stop()
 
 
-def wait_for_fresh_window(margin: float = 8.0) -> None:
-    """Rate windows are calendar minutes: start a counting test well inside one."""
-    into = time.time() % 60
-    if into > 60 - margin:
-        time.sleep(60 - into + 0.2)
+def same_minute(attempt: Callable[[], Any], tries: int = 3) -> Any:
+    """Run ``attempt`` until it ran within one calendar minute; its result.
+
+    For a gateway in another process, whose rate-limit windows follow the real clock: a
+    test that counts within one window is re-run (with fresh keys) if a minute turned
+    during it, instead of sleeping until a minute starts.
+    """
+    for _ in range(tries):
+        before = window_start(time.time())
+        result = attempt()
+        if window_start(time.time()) == before:
+            return result
+    raise AssertionError(f"a minute turned during each of {tries} attempts")
+
+
+def window_total(store: Store, key_id: str) -> Usage:
+    """A key's counters in this window and the previous one: for a gateway on the real clock,
+    a test may straddle a minute (tests are far shorter than one)."""
+    now = time.time()
+    a, b = store.read_window(key_id, now), store.read_window(key_id, now - 60)
+    return Usage(a.requests + b.requests, a.tokens + b.tokens, a.window_start)
+
+
+class GatedUpstream:
+    """An OpenAI-compatible streaming upstream that sends event ``i + 1`` only once ``arrived(i)``
+    says event ``i`` has reached the far side of the gateway (polled, for at most ``wait`` s).
+
+    So "each chunk is relayed as the upstream produces it" is a fact about the order of events,
+    not about time: a gateway that held events back would leave ``arrived`` false, and the
+    upstream notes in ``early`` each event it had to send without the previous one through.
+    Event ``i`` carries the content ``f"w{i} "``.
+    """
+
+    def __init__(self, words: int, wait: float = 10.0) -> None:
+        self.words = words
+        self.wait = wait
+        self.arrived: Callable[[int], bool] = lambda i: True
+        self.early: list[int] = []
+        self.server: ServerThread | None = None
+
+    @property
+    def base_url(self) -> str:
+        assert self.server is not None
+        return self.server.url + "/v1"
+
+    @staticmethod
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        data = {"id": "chatcmpl-gated", "object": "chat.completion.chunk", "created": 1700000000, "model": "gated",
+                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+        return b"data: " + json.dumps(data).encode() + b"\n\n"
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await serve_lifespan(receive, send)
+            return
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream")]})
+        loop = asyncio.get_running_loop()
+        for i in range(self.words):
+            if i:
+                deadline = loop.time() + self.wait
+                while not self.arrived(i - 1):
+                    if loop.time() > deadline:
+                        self.early.append(i)
+                        break
+                    await asyncio.sleep(0.005)
+            await send({"type": "http.response.body", "body": self.chunk({"content": f"w{i} "}), "more_body": True})
+        await send({"type": "http.response.body", "body": self.chunk({}, "stop"), "more_body": True})
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+
+
+@pytest.fixture
+def gated_upstream() -> Iterator[Callable[[int], GatedUpstream]]:
+    """Start a `GatedUpstream` of ``words`` events (stopped after the test)."""
+    started: list[GatedUpstream] = []
+
+    def start(words: int) -> GatedUpstream:
+        gated = GatedUpstream(words)
+        gated.server = ServerThread(gated).start()
+        started.append(gated)
+        return gated
+
+    yield start
+    for gated in started:
+        assert gated.server is not None
+        gated.server.stop()
 
 
 def sse_events(raw: str) -> list[str]:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import time
-
 import openai
 import pytest
 
-from conftest import CHAT, wait_for_fresh_window
+from conftest import CHAT, models_config
 
 MESSAGES = CHAT["messages"]
 
@@ -55,22 +53,19 @@ def test_streamed_usage_is_relayed_when_the_client_asks(gw):
     assert chunks[-1].usage.completion_tokens == 12
 
 
-def test_chunks_reach_the_client_while_the_upstream_is_still_producing(gw):
-    client = client_for(gw, gw.key())
-    delay, words = 0.15, 6
-    arrivals = []
-    stream = client.chat.completions.create(
-        model="my-gpt4-mini", messages=MESSAGES, stream=True, extra_body={"mock": {"delay": delay, "words": words}}
-    )
+def test_chunks_reach_the_client_while_the_upstream_is_still_producing(start_gateway, gated_upstream):
+    """The upstream sends each token only once the client has the previous one: a gateway
+    that buffered would leave the upstream waiting (and noting it in ``early``)."""
+    upstream = gated_upstream(words=6)
+    gw = start_gateway(config=models_config(upstream.base_url))
+    received: list[str] = []
+    upstream.arrived = lambda i: f"w{i} " in received
+    stream = client_for(gw, gw.key()).chat.completions.create(model="my-gpt4-mini", messages=MESSAGES, stream=True)
     for chunk in stream:
         if chunk.choices and chunk.choices[0].delta.content:
-            arrivals.append(time.monotonic())
-    assert len(arrivals) == words
-    # Each token left the upstream `delay` after the previous one; had the gateway
-    # buffered, they would all arrive together at the end.
-    gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
-    assert min(gaps) > delay * 0.5, gaps
-    assert arrivals[-1] - arrivals[0] > (words - 1) * delay * 0.8
+            received.append(chunk.choices[0].delta.content)
+    assert received == [f"w{i} " for i in range(6)]
+    assert upstream.early == [], "the upstream had to send a token before the client had the previous one"
 
 
 def test_models_lists_only_what_the_key_may_use(gw):
@@ -98,14 +93,14 @@ def test_errors_map_to_the_openai_exceptions(gw):
     }
 
 
-def test_rate_limited_stream_raises_rate_limit_error(gw):
-    wait_for_fresh_window()
+def test_rate_limited_stream_raises_rate_limit_error(start_gateway, clock):
+    gw = start_gateway(clock=clock)  # the window is the test's own: no minute turns between the calls
     client = client_for(gw, gw.key(rpm=1))
     list(client.chat.completions.create(model="my-gpt4-mini", messages=MESSAGES, stream=True))
     with pytest.raises(openai.RateLimitError) as info:
         client.chat.completions.create(model="my-gpt4-mini", messages=MESSAGES, stream=True)
     assert info.value.response.headers["x-ratelimit-remaining-requests"] == "0"
-    assert int(info.value.response.headers["retry-after"]) >= 1
+    assert info.value.response.headers["retry-after"] == "55", "5 s into the minute"
 
 
 def test_mid_stream_failure_raises_in_the_client_instead_of_ending_cleanly(gw):

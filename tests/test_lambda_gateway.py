@@ -16,7 +16,7 @@ import pytest
 from aisix.auth import hash_key, issue_key, key_id_for
 from aisix.local.function_url import function_url_event
 from aisix.local.lambda_emulator import EmulatorThread, lambda_environment
-from conftest import CHAT, eventually, sse_events, wait_for_fresh_window
+from conftest import CHAT, eventually, same_minute, sse_events, window_total
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,6 +39,7 @@ def function(request, tmp_path, store, upstream):
         request.addfinalizer(server.close)
         request.addfinalizer(filler.close)
         black_hole = f"http://127.0.0.1:{server.getsockname()[1]}/v1"
+    gated = request.getfixturevalue("gated_upstream")(5) if overrides.pop("_gated", False) else None
     models.write_text(
         "models:\n"
         "  - name: my-gpt4-mini\n"
@@ -46,6 +47,7 @@ def function(request, tmp_path, store, upstream):
         f"    base_url: {upstream.base_url}\n"
         "    timeout: 5\n"
         + (f"  - {{name: black-hole, model: m, base_url: '{black_hole}', timeout: 30}}\n" if black_hole else "")
+        + (f"  - {{name: gated, model: m, base_url: '{gated.base_url}', timeout: 30}}\n" if gated else "")
     )
     with EmulatorThread() as emu:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AISIX_", "AWS_LAMBDA_"))}
@@ -82,15 +84,22 @@ def function(request, tmp_path, store, upstream):
 
         invoke.shutdown = lambda: emu.shutdown(process, grace=30)  # type: ignore[attr-defined]
         invoke.emulator = emu  # type: ignore[attr-defined]
+        invoke.gated = gated  # type: ignore[attr-defined]
         yield invoke
         process.terminate()
         process.wait(10)
 
 
+@pytest.mark.parametrize("function", [{"_gated": True}], indirect=True)
 def test_chunks_stream_through_the_runtime_as_the_upstream_produces_them(function, store):
+    """The upstream (`conftest.GatedUpstream`) sends each event only once the previous one has
+    reached the runtime API: a runtime that held chunks back would leave it waiting."""
     secret, _ = issue_key(store, "lambda", rpm=100, tpm=100_000)
-    words, delay = 5, 0.2
-    inv = function({**CHAT, "stream": True, "mock": {"words": words, "delay": delay}}, secret)
+    words, gated = 5, function.gated
+    invocations = function.emulator.emulator.invocations
+    gated.arrived = lambda i: any(f'"w{i} "'.encode() in c.data
+                                  for inv in list(invocations.values()) for c in list(inv.chunks))
+    inv = function({**CHAT, "model": "gated", "stream": True}, secret)
     assert inv.streamed
     prelude = inv.prelude
     assert prelude["statusCode"] == 200
@@ -98,15 +107,13 @@ def test_chunks_stream_through_the_runtime_as_the_upstream_produces_them(functio
     assert prelude["headers"]["x-ratelimit-limit-requests"] == "100"
     events = sse_events(inv.payload.decode())
     assert events[-1] == "[DONE]"
-    content_arrivals = [c.at for c in inv.chunks if b'"content": "' in c.data and b'"content": ""' not in c.data]
-    assert len(content_arrivals) == words, "one runtime chunk per upstream event"
-    gaps = [b - a for a, b in zip(content_arrivals, content_arrivals[1:])]
-    assert min(gaps) > delay * 0.5, gaps
+    content = [c.data for c in inv.chunks if b'"content": "w' in c.data]
+    assert len(content) == words, "one runtime chunk per upstream event"
+    assert gated.early == [], "the upstream had to send an event before the previous one reached Lambda"
     assert not inv.trailers.get("Lambda-Runtime-Function-Error-Type".lower()) and inv.error is None
 
 
 def test_one_warm_process_serves_invocations_in_a_row_and_counts_them_in_dynamodb(function, store):
-    wait_for_fresh_window()
     secret, _ = issue_key(store, "lambda", rpm=10, tpm=100_000)
     totals = []
     for stream in (True, False, True):
@@ -119,8 +126,8 @@ def test_one_warm_process_serves_invocations_in_a_row_and_counts_them_in_dynamod
             totals.append(json.loads(inv.payload)["usage"]["total_tokens"])
     key_id = key_id_for(hash_key(secret))
     # Written after the answer has ended, before the runtime asks for the next event.
-    assert eventually(lambda: store.read_window(key_id).tokens == sum(totals)), store.read_window(key_id)
-    assert store.read_window(key_id).requests == 3
+    assert eventually(lambda: window_total(store, key_id).tokens == sum(totals)), window_total(store, key_id)
+    assert window_total(store, key_id).requests == 3
 
 
 @pytest.mark.parametrize("function", [{"AISIX_TOKEN_FLUSH_SECONDS": "600"}], indirect=True)
@@ -132,11 +139,11 @@ def test_token_charges_are_coalesced_across_invocations_and_written_at_shutdown(
     for _ in range(3):
         inv = function({**CHAT, "stream": True, "stream_options": {"include_usage": True}}, secret)
         totals.append(json.loads(sse_events(inv.payload.decode())[-2])["usage"]["total_tokens"])
-    assert store.read_window(key_id).tokens == 0, "charges wait in the instance, up to AISIX_TOKEN_FLUSH_SECONDS"
+    assert window_total(store, key_id).tokens == 0, "charges wait in the instance, up to AISIX_TOKEN_FLUSH_SECONDS"
     names = [e.name for e in function.emulator.call(lambda: function.emulator.emulator.registered_extensions)]
     assert names == ["aisix-shutdown"], "an extension is registered, so that Lambda sends SIGTERM"
     assert function.shutdown(), "the runtime exited by itself after SIGTERM"
-    assert store.read_window(key_id).tokens == sum(totals)
+    assert window_total(store, key_id).tokens == sum(totals)
 
 
 @pytest.mark.parametrize("function", [{"AISIX_TOKEN_FLUSH_SECONDS": "0.001"}], indirect=True)
@@ -147,18 +154,22 @@ def test_a_charge_older_than_the_flush_age_is_written_by_the_next_invocation(fun
     assert first.prelude["statusCode"] == 200
     second = function(CHAT, secret)
     used = [json.loads(inv.payload)["usage"]["total_tokens"] for inv in (first, second)]
-    assert eventually(lambda: store.read_window(key_id).tokens == sum(used)), store.read_window(key_id)
+    assert eventually(lambda: window_total(store, key_id).tokens == sum(used)), window_total(store, key_id)
 
 
 def test_refusals_before_the_stream_are_http_errors(function, store):
-    wait_for_fresh_window()
     assert function({**CHAT, "stream": True}).prelude["statusCode"] == 401
-    secret, _ = issue_key(store, "lambda", rpm=1)
-    not_found = function({**CHAT, "model": "nope", "stream": True}, secret)
+
+    def two_calls_on_a_fresh_key():
+        secret, _ = issue_key(store, "lambda", rpm=1)
+        not_found = function({**CHAT, "model": "nope", "stream": True}, secret)
+        return not_found, function({**CHAT, "stream": True}, secret), function({**CHAT, "stream": True}, secret)
+
+    # The runtime's windows follow the real clock: the RPM counts only if both calls fall in one minute.
+    not_found, first, limited = same_minute(two_calls_on_a_fresh_key)
     assert not_found.prelude["statusCode"] == 404
     assert json.loads(not_found.payload)["error"]["code"] == "model_not_found"
-    assert function({**CHAT, "stream": True}, secret).prelude["statusCode"] == 200
-    limited = function({**CHAT, "stream": True}, secret)
+    assert first.prelude["statusCode"] == 200
     assert limited.prelude["statusCode"] == 429
     assert limited.prelude["headers"]["retry-after"]
     assert json.loads(limited.payload)["error"]["code"] == "rate_limit_exceeded"
@@ -172,7 +183,7 @@ def test_mid_stream_failure_is_an_error_event_and_lambda_error_trailers(function
     assert "[DONE]" not in events
     assert json.loads(events[-1])["error"]["code"] == "upstream_error"
     assert inv.error is not None and inv.error["type"] == "Function.UpstreamError"
-    assert eventually(lambda: store.read_window(key_id_for(hash_key(secret))).tokens) > 0
+    assert eventually(lambda: window_total(store, key_id_for(hash_key(secret))).tokens) > 0
 
 
 def test_a_stream_nearing_the_deadline_ends_cleanly_and_is_charged(function, store):
@@ -183,7 +194,7 @@ def test_a_stream_nearing_the_deadline_ends_cleanly_and_is_charged(function, sto
     assert json.loads(events[-1])["error"]["code"] == "upstream_timeout"
     assert inv.error is not None and inv.error["type"] == "Function.UpstreamTimeout"
     assert len(events) > 3, "what came before the deadline was relayed"
-    assert eventually(lambda: store.read_window(key_id_for(hash_key(secret))).tokens > 0)
+    assert eventually(lambda: window_total(store, key_id_for(hash_key(secret))).tokens > 0)
 
 
 def buffered_answer(invocation) -> tuple[int, dict]:
@@ -221,4 +232,4 @@ def test_a_call_cut_off_while_connecting_is_not_charged(function, store):
     used = json.loads(function(CHAT, secret).payload)["usage"]["total_tokens"]
     key_id = key_id_for(hash_key(secret))
     # Only the call that reached the upstream is charged (the others would add their prompt estimate).
-    assert eventually(lambda: store.read_window(key_id).tokens == used), store.read_window(key_id)
+    assert eventually(lambda: window_total(store, key_id).tokens == used), window_total(store, key_id)
