@@ -158,7 +158,7 @@ async def _complete_unless_client_leaves(gw: Gateway, call: Call, receive: Any) 
     if upstream.done():
         watcher.cancel()
         return upstream.result()  # or its exception, as it was raised
-    call.state["client_disconnected"] = True
+    call.client_disconnected = True
     call.status = 499
     upstream.cancel()
     with contextlib.suppress(asyncio.CancelledError):

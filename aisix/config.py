@@ -21,7 +21,8 @@ from typing import Any, Mapping
 
 import yaml
 
-PROVIDERS = ("openai",)  # OpenAI-compatible /chat/completions upstreams
+# The upstream APIs a model may use (one module each in aisix/providers/).
+PROVIDERS = ("openai", "azure", "anthropic", "bedrock", "gemini")
 
 
 class ConfigError(ValueError):
@@ -41,6 +42,10 @@ class ModelConfig:
     created: int = 0
     owned_by: str = "aisix"
     api_key: str | None = field(default=None, repr=False)
+    api_version: str | None = None  # Azure OpenAI's api-version
+    region: str | None = None  # Bedrock's AWS region
+    # The output budget sent when a client sends none (Anthropic and Bedrock need one).
+    max_tokens: int | None = None
 
     @property
     def chat_url(self) -> str:
@@ -204,7 +209,10 @@ def model_names(path: str | os.PathLike[str], environ: Mapping[str, str] = os.en
     return frozenset(names)
 
 
-_MODEL_KEYS = frozenset({"name", "provider", "model", "base_url", "api_key_env", "timeout", "created", "owned_by"})
+_MODEL_KEYS = frozenset({
+    "name", "provider", "model", "base_url", "api_key_env", "timeout", "created", "owned_by",
+    "api_version", "region", "max_tokens",
+})
 
 
 def parse_config(
@@ -244,12 +252,24 @@ def _parse_model(index: int, entry: Any, environ: Mapping[str, str], default_cre
     unknown = set(entry) - _MODEL_KEYS
     if unknown:
         raise ConfigError(f"{where}: unknown keys {sorted(unknown)}")
-    for required in ("name", "model", "base_url"):
-        if not isinstance(entry.get(required), str) or not entry[required]:
-            raise ConfigError(f"{where}: {required} is required and must be a string")
     provider = entry.get("provider", "openai")
     if provider not in PROVIDERS:
         raise ConfigError(f"{where}: provider {provider!r} is not one of {list(PROVIDERS)}")
+    region = entry.get("region")
+    if provider == "bedrock":
+        region = region or environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+        if not isinstance(region, str) or not re.fullmatch(r"[a-z]{2}(-[a-z]+)+-\d", region):
+            raise ConfigError(f"{where}: region must be an AWS region such as us-east-1")
+        entry.setdefault("base_url", f"https://bedrock-runtime.{region}.amazonaws.com")
+    for required in ("name", "model", "base_url"):
+        if not isinstance(entry.get(required), str) or not entry[required]:
+            raise ConfigError(f"{where}: {required} is required and must be a string")
+    api_version = entry.get("api_version")
+    if api_version is not None and not isinstance(api_version, str):
+        raise ConfigError(f"{where}: api_version must be a string such as \"2024-10-21\"")
+    max_tokens = entry.get("max_tokens")
+    if max_tokens is not None and (not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens <= 0):
+        raise ConfigError(f"{where}: max_tokens must be a positive whole number")
     timeout = entry.get("timeout", 60)
     if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
         raise ConfigError(f"{where}: timeout must be a positive number of seconds")
@@ -272,4 +292,7 @@ def _parse_model(index: int, entry: Any, environ: Mapping[str, str], default_cre
         created=created,
         owned_by=str(entry.get("owned_by", "aisix")),
         api_key=environ.get(api_key_env) if api_key_env else None,
+        api_version=api_version,
+        region=region if provider == "bedrock" else None,
+        max_tokens=max_tokens,
     )

@@ -26,15 +26,10 @@ from .secrets import resolve_secrets
 from .providers import OpenAIProvider, make_upstream_client, never_sent, upstream_failure_error
 from .providers.sent import reporting_sent
 from .store import AsyncStore, KeyRecord, Store, StoreUnavailable, make_client
+from .call import TokenUsage
 from .usage import completion_chars, estimate_prompt_tokens, estimate_tokens, usage_from_dict
-from .hooks.base import TokenUsage
 
 log = logging.getLogger("aisix")
-
-# ``call.state`` key: True once the upstream has (or may have) taken the call, so it is
-# charged; False when it certainly never saw it (no connection) or refused it (an
-# error status). See docs/faults.md, "What is charged".
-UPSTREAM_TOOK_CALL = "upstream_took_call"
 
 # A non-streamed answer is held in memory to read its usage: beyond this it is refused (502).
 MAX_ANSWER_BYTES = 64 * 1024 * 1024
@@ -107,7 +102,7 @@ class Gateway:
         response = await self._send(provider, call, stream, with_usage)
         if response.status_code == 200:
             return response
-        call.state[UPSTREAM_TOOK_CALL] = False  # refused: the upstream did no work
+        call.upstream_took_call = False  # refused: the upstream did no work
         body = await _read_and_close(response)
         if with_usage and provider.rejects_stream_options(response.status_code, body):
             log.info("upstream of %s refuses stream_options; usage will be estimated", call.model.name)
@@ -115,7 +110,7 @@ class Gateway:
             response = await self._send(provider, call, stream, with_usage=False)
             if response.status_code == 200:
                 return response
-            call.state[UPSTREAM_TOOK_CALL] = False
+            call.upstream_took_call = False
             body = await _read_and_close(response)
         raise upstream_failure(provider, response.status_code, response.headers, body)
 
@@ -129,15 +124,15 @@ class Gateway:
         # Set by the transport the moment the request has left (`reporting_sent`): from
         # then on a client that leaves while the upstream thinks is charged; before it
         # (cancelled while connecting) nothing is.
-        call.state[UPSTREAM_TOOK_CALL] = False
+        call.upstream_took_call = False
         try:
-            with reporting_sent(functools.partial(call.state.__setitem__, UPSTREAM_TOOK_CALL, True)):
+            with reporting_sent(functools.partial(setattr, call, "upstream_took_call", True)):
                 response = await self.client.send(request, stream=True)
-            call.state[UPSTREAM_TOOK_CALL] = True  # it answered: it saw the call
+            call.upstream_took_call = True  # it answered: it saw the call
             return response
         except httpx.HTTPError as exc:
             if never_sent(exc):
-                call.state[UPSTREAM_TOOK_CALL] = False
+                call.upstream_took_call = False
             raise upstream_failure_error(
                 exc,
                 f"The upstream for '{call.model_name}' did not answer in time.",
@@ -176,7 +171,7 @@ class Gateway:
         the upstream never saw (no connection) or refused (an error status)
         is charged nothing.
         """
-        if call.usage is not None or not call.state.get(UPSTREAM_TOOK_CALL):
+        if call.usage is not None or not call.upstream_took_call:
             return
         prompt = estimate_prompt_tokens(call.body)
         completion = estimate_tokens(completion_chars)

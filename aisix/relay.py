@@ -345,7 +345,7 @@ class StreamRelay:
             message = await receive()
             if message["type"] == "http.disconnect":
                 if not self.finished:
-                    self.call.state["client_disconnected"] = True
+                    self.call.client_disconnected = True
                     self.call.status = 499
                     self.finished = True
                 scope.cancel()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .hooks.base import TokenUsage
+from .call import TokenUsage
 
 CHARS_PER_TOKEN = 4
 TOKENS_PER_MESSAGE = 4  # role and framing, as OpenAI counts them

@@ -42,7 +42,7 @@ def test_models_file_with_env_references(tmp_path):
         ({"models": [{"name": "a", "model": "m"}]}, "model 'a' (models[0]): base_url is required"),
         ({"models": [{"model": "m"}]}, "models[0]: name is required"),
         ({"models": [{**GOOD["models"][0], "timeout": -1}]}, "model 'a' (models[0]): timeout"),
-        ({"models": [{**GOOD["models"][0], "provider": "bedrock"}]}, "model 'a' (models[0]): provider 'bedrock'"),
+        ({"models": [{**GOOD["models"][0], "provider": "carrier-pigeon"}]}, "model 'a' (models[0]): provider 'carrier-pigeon'"),
         ({"models": [{**GOOD["models"][0], "api_key": "sk-inline"}]},
          "model 'a' (models[0]): unknown keys ['api_key']"),
         ({"models": GOOD["models"] * 2}, "models[1]: duplicate model name 'a'"),

@@ -28,41 +28,14 @@ from __future__ import annotations
 import importlib
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable
 
-if TYPE_CHECKING:
-    from ..config import ModelConfig
-    from ..errors import GatewayError
-    from ..store import KeyRecord
+
+from ..call import Call, TokenUsage
+
+__all__ = ["Call", "Hook", "Pipeline", "TokenUsage", "load_hook"]
 
 log = logging.getLogger("aisix.hooks")
-
-
-@dataclass(frozen=True, slots=True)
-class TokenUsage:
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-
-
-@dataclass(slots=True, eq=False)
-class Call:
-    """Everything hooks may know about one chat completion call."""
-
-    key: "KeyRecord | None"  # None until authenticated (and for a refused key)
-    model_name: str
-    body: dict[str, Any]
-    stream: bool
-    model: "ModelConfig | None" = None
-    response_headers: dict[str, str] = field(default_factory=dict)
-    state: dict[str, Any] = field(default_factory=dict)
-    usage: TokenUsage | None = None
-    usage_estimated: bool = False
-    error: "GatewayError | None" = None
-    status: int = 0
-    response_body: bytes | None = None
-    started: float = field(default_factory=time.perf_counter)
 
 
 class Hook:

@@ -1,0 +1,172 @@
+"""The provider interface: what an upstream API must say for the gateway to call it.
+
+A provider is built once per model alias at start (everything fixed, such as
+URLs, headers and the upstream model id, is computed in ``__init__``) and
+then turns neutral requests (`aisix.translate.neutral`) into its HTTP
+requests, and its answers, stream bytes and errors back into neutral values.
+It never sees the client's dialect: translation happens on the neutral side.
+
+The HTTP client, pooling, time-outs and failure mapping are shared
+(`aisix.providers.client`); a provider only builds `httpx.Request` objects
+with ``client.build_request`` and, where it must (Bedrock's SigV4), signs
+them in `prepare`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any, ClassVar, Protocol
+
+import httpx
+
+from ..config import ModelConfig
+from ..errors import GatewayError, upstream_error
+from ..translate.neutral import (
+    ChatRequest,
+    ChatResponse,
+    EmbeddingsRequest,
+    EmbeddingsResponse,
+    StreamEvent,
+)
+
+
+class StreamDecoder(Protocol):
+    """Upstream stream bytes in, neutral events out; one per call, fed in arrival order.
+
+    ``feed`` raises `GatewayError` for an error the upstream reports inside the
+    stream (its own error event, an exception frame). ``done`` turns True once
+    the upstream has said the answer is complete; a stream that ends before
+    that was cut off.
+    """
+
+    done: bool
+
+    def feed(self, data: bytes) -> list[StreamEvent]: ...
+
+
+class Provider:
+    """Base class: one upstream API. Subclasses override what they serve."""
+
+    kind: ClassVar[str]  # the models file's ``provider`` value
+    # Client dialects this upstream speaks as they are: relayed without translation.
+    native_dialects: ClassVar[frozenset[str]] = frozenset()
+    # What it serves: "chat", "embeddings", "count_tokens".
+    serves: ClassVar[frozenset[str]] = frozenset({"chat"})
+    # What a stream's content-type starts with when it is one.
+    stream_media_type: ClassVar[str] = "text/event-stream"
+
+    def __init__(self, model: ModelConfig) -> None:
+        self.model = model
+        self.timeout = httpx.Timeout(model.timeout, connect=min(model.timeout, 10.0))
+
+    # -- chat -----------------------------------------------------------------
+
+    def chat_request(self, client: httpx.AsyncClient, request: ChatRequest, stream: bool) -> httpx.Request:
+        raise NotImplementedError
+
+    def chat_response(self, body: bytes) -> ChatResponse:
+        raise NotImplementedError
+
+    def stream_decoder(self) -> StreamDecoder:
+        raise NotImplementedError
+
+    # -- embeddings -------------------------------------------------------------
+
+    def embeddings_request(self, client: httpx.AsyncClient, request: EmbeddingsRequest) -> httpx.Request:
+        raise NotImplementedError
+
+    def embeddings_response(self, body: bytes) -> EmbeddingsResponse:
+        raise NotImplementedError
+
+    # -- token counting ----------------------------------------------------------
+
+    def count_tokens_request(self, client: httpx.AsyncClient, request: ChatRequest) -> httpx.Request:
+        raise NotImplementedError
+
+    def count_tokens_response(self, body: bytes) -> int:
+        raise NotImplementedError
+
+    # -- every call ----------------------------------------------------------------
+
+    async def prepare(self, request: httpx.Request) -> httpx.Request:
+        """The request as it is sent: signed, where the API wants signatures. Default: as built."""
+        return request
+
+    def error(self, status: int, headers: Mapping[str, str], body: bytes) -> GatewayError:
+        """The client's error for an upstream refusal (status >= 400). Default: an OpenAI-style body."""
+        fields = _error_fields(body)
+        return refusal(self.model, status, headers, **fields)
+
+
+def _error_fields(body: bytes) -> dict[str, Any]:
+    try:
+        parsed = json.loads(body)
+    except (ValueError, RecursionError, UnicodeDecodeError):
+        return {}
+    error = parsed.get("error") if isinstance(parsed, dict) else None
+    if isinstance(error, dict):
+        return {"message": error.get("message"), "type": error.get("type"), "code": error.get("code"),
+                "param": error.get("param")}
+    if isinstance(error, str):
+        return {"message": error}
+    if isinstance(parsed, dict) and isinstance(parsed.get("message"), str):
+        return {"message": parsed["message"]}
+    return {}
+
+
+def refusal(
+    model: ModelConfig,
+    status: int,
+    headers: Mapping[str, str],
+    *,
+    message: Any = None,
+    type: Any = None,
+    code: Any = None,
+    param: Any = None,
+) -> GatewayError:
+    """An upstream refusal as the client's error, never carrying the gateway's upstream key.
+
+    4xx (the request's own fault) keep their status and the upstream's wording,
+    which clients such as Claude Code match on; 401/403 mean the gateway's
+    upstream credentials are wrong, not the client's: 502. 429 keeps
+    ``Retry-After``; an overloaded upstream (503, Anthropic's 529) is 503 with
+    it; other 5xx are 502.
+    """
+    name = model.name
+    if status in (401, 403):
+        return upstream_error(f"The upstream for '{name}' refused the gateway's credentials.")
+    retry_after = {"retry-after": headers["retry-after"]} if "retry-after" in headers else {}
+    if status in (503, 529):
+        return GatewayError(
+            503, redact(model, str(message or f"The upstream for '{name}' is overloaded.")),
+            type="api_error", code="upstream_overloaded", headers=retry_after,
+        )
+    if status < 400 or status >= 500:
+        return upstream_error(f"The upstream for '{name}' failed with HTTP {status}.")
+    text = str(message or f"The upstream for '{name}' refused the request (HTTP {status}).")
+    return GatewayError(
+        status,
+        redact(model, text),
+        type=str(type or ("rate_limit_error" if status == 429 else "invalid_request_error")),
+        param=param if isinstance(param, str) else None,
+        code=str(code) if code is not None else None,
+        headers=retry_after if status == 429 else None,
+    )
+
+
+def redact(model: ModelConfig, text: str) -> str:
+    """``text`` without the model's upstream key, should an upstream echo it."""
+    return text.replace(model.api_key, "[redacted]") if model.api_key else text
+
+
+def in_stream_error(model: ModelConfig, message: Any, type: Any = None, code: Any = None) -> GatewayError:
+    """An error the upstream reported inside a stream that had started: 502, its wording kept."""
+    text = str(message or f"The upstream for '{model.name}' reported an error mid-stream.")
+    return GatewayError(502, redact(model, text), type=str(type or "api_error"),
+                        code=str(code) if code is not None else "upstream_error")
+
+
+def json_body(value: Any) -> bytes:
+    """A request body as compact JSON bytes."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
