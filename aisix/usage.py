@@ -22,19 +22,37 @@ def estimate_tokens(chars: int) -> int:
 
 
 def estimate_prompt_tokens(body: dict[str, Any]) -> int:
-    chars = 0
-    messages = body.get("messages") or []
-    for message in messages:
-        if not isinstance(message, dict):
-            continue
-        content = message.get("content")
-        if isinstance(content, str):
-            chars += len(content)
-        elif isinstance(content, list):
-            for part in content:
-                if isinstance(part, dict) and isinstance(part.get("text"), str):
-                    chars += len(part["text"])
-    return estimate_tokens(chars) + TOKENS_PER_MESSAGE * len(messages)
+    """The prompt of a request in any client dialect, estimated: the text it carries.
+
+    Counts the text of ``messages`` (OpenAI and Anthropic: string content or
+    parts with ``text``), Anthropic's ``system``, and the Responses API's
+    ``instructions`` and ``input`` (a string, or items with content, output or
+    arguments); images and other data are not text and are not counted.
+    """
+    messages = body.get("messages")
+    messages = messages if isinstance(messages, list) else []
+    chars = _text_chars(messages) + _text_chars(body.get("system")) + _text_chars(body.get("instructions"))
+    items = body.get("input")
+    chars += _text_chars(items)
+    count = len(messages) + (len(items) if isinstance(items, list) else 0)
+    return estimate_tokens(chars) + TOKENS_PER_MESSAGE * count
+
+
+_TEXT_KEYS = ("content", "text", "output", "arguments", "input")
+
+
+def _text_chars(value: Any, depth: int = 0) -> int:
+    """Characters of text in a message-like value: strings, lists of them, and the text-bearing keys of
+    objects (so ids, roles, types and image data are not counted)."""
+    if isinstance(value, str):
+        return len(value)
+    if depth > 6:
+        return 0
+    if isinstance(value, list):
+        return sum(_text_chars(v, depth + 1) for v in value)
+    if isinstance(value, dict):
+        return sum(_text_chars(value[k], depth + 1) for k in _TEXT_KEYS if k in value)
+    return 0
 
 
 def usage_from_dict(raw: Any) -> TokenUsage | None:

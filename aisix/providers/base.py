@@ -95,11 +95,12 @@ class Provider:
 
     def error(self, status: int, headers: Mapping[str, str], body: bytes) -> GatewayError:
         """The client's error for an upstream refusal (status >= 400). Default: an OpenAI-style body."""
-        fields = _error_fields(body)
+        fields = error_fields(body)
         return refusal(self.model, status, headers, **fields)
 
 
-def _error_fields(body: bytes) -> dict[str, Any]:
+def error_fields(body: bytes) -> dict[str, Any]:
+    """message/type/code/param of an error body shaped ``{"error": {...}}`` (OpenAI and most others)."""
     try:
         parsed = json.loads(body)
     except (ValueError, RecursionError, UnicodeDecodeError):
@@ -129,21 +130,20 @@ def refusal(
 
     4xx (the request's own fault) keep their status and the upstream's wording,
     which clients such as Claude Code match on; 401/403 mean the gateway's
-    upstream credentials are wrong, not the client's: 502. 429 keeps
-    ``Retry-After``; an overloaded upstream (503, Anthropic's 529) is 503 with
-    it; other 5xx are 502.
+    upstream credentials are wrong, not the client's: 502. 5xx (Anthropic's
+    529 "overloaded" included) are 502, which every SDK retries, with the
+    upstream's message after the status; 429, 503 and 529 keep ``Retry-After``.
     """
     name = model.name
     if status in (401, 403):
         return upstream_error(f"The upstream for '{name}' refused the gateway's credentials.")
     retry_after = {"retry-after": headers["retry-after"]} if "retry-after" in headers else {}
-    if status in (503, 529):
-        return GatewayError(
-            503, redact(model, str(message or f"The upstream for '{name}' is overloaded.")),
-            type="api_error", code="upstream_overloaded", headers=retry_after,
-        )
     if status < 400 or status >= 500:
-        return upstream_error(f"The upstream for '{name}' failed with HTTP {status}.")
+        said = f": {redact(model, str(message))[:500]}" if message else "."
+        error = upstream_error(f"The upstream for '{name}' failed with HTTP {status}{said}")
+        if status in (503, 529):
+            error.headers.update(retry_after)
+        return error
     text = str(message or f"The upstream for '{name}' refused the request (HTTP {status}).")
     return GatewayError(
         status,
