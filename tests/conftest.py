@@ -254,7 +254,9 @@ def start_gateway(
         gateway (same tables); ``dynamodb_client``: the gateway's own botocore client."""
         env = {"TEST_UPSTREAM_KEY": "sk-upstream-secret-do-not-leak", **(environ or {})}
         cfg = parse_config(config or models_config(upstream.base_url), env)
-        base = {"keepalive_seconds": 5.0, "key_cache_seconds": 0.5}
+        # Token charges coalesced for 50 ms (the production default is 1 s): the flusher runs,
+        # and tests waiting for a charge wait little.
+        base = {"keepalive_seconds": 5.0, "key_cache_seconds": 0.5, "token_flush_seconds": 0.05}
         base.update(settings)
         endpoint = endpoint or moto_endpoint
         s = Settings(

@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import time
+import threading
 
-import httpx
 import pytest
 
 from aisix.hooks import Hook
@@ -37,11 +36,12 @@ def chunk(content: str, **extra) -> str:
 
 
 class RawUpstream:
-    """Sends exactly the given byte pieces as an event stream, one ASGI message each."""
+    """Sends exactly the given byte pieces as an event stream, one ASGI message each; with a
+    ``gate``, only once the test has set it (bounded: 10 s), after answering 200 at once."""
 
-    def __init__(self, pieces: list[bytes], pause: float = 0.0) -> None:
+    def __init__(self, pieces: list[bytes], gate: threading.Event | None = None) -> None:
         self.pieces = pieces
-        self.pause = pause
+        self.gate = gate
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "lifespan":
@@ -50,9 +50,11 @@ class RawUpstream:
         await receive()
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"text/event-stream")]})
+        for _ in range(1000):
+            if self.gate is None or self.gate.is_set():
+                break
+            await asyncio.sleep(0.01)
         for piece in self.pieces:
-            if self.pause:
-                await asyncio.sleep(self.pause)
             await send({"type": "http.response.body", "body": piece, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
 
@@ -61,8 +63,8 @@ class RawUpstream:
 def raw_gateway(start_gateway):
     servers = []
 
-    def start(pieces: list[bytes], pause: float = 0.0, hook: Hook | None = None):
-        server = ServerThread(RawUpstream(pieces, pause)).start()
+    def start(pieces: list[bytes], gate: threading.Event | None = None, hook: Hook | None = None):
+        server = ServerThread(RawUpstream(pieces, gate)).start()
         servers.append(server)
         return start_gateway(config=models_config(server.url + "/v1"), hooks=[hook] if hook else [])
 
@@ -116,14 +118,20 @@ def test_each_upstream_event_is_its_own_write(raw_gateway):
 
 
 def test_keepalive_comments_while_the_upstream_is_silent_after_its_status(raw_gateway):
-    """Once the upstream has answered 200, silences are filled with SSE comments; the events follow intact."""
+    """Once the upstream has answered 200, silences are filled with SSE comments; the events follow intact.
+    The upstream stays silent until the client has had a keep-alive (or 10 s): an order, not a timing."""
+    gate = threading.Event()
     pieces = [b": hello\n\n", ("data: " + chunk("a") + "\n\n").encode(), b"data: [DONE]\n\n"]
-    gw = raw_gateway(pieces, pause=0.8)
-    gw.gateway.settings = dataclasses.replace(gw.gateway.settings, keepalive_seconds=0.2)
+    gw = raw_gateway(pieces, gate=gate)
+    gw.gateway.settings = dataclasses.replace(gw.gateway.settings, keepalive_seconds=0.05)
     with gw.client(gw.key()) as client:
         with client.stream("POST", "/v1/chat/completions", json=STREAM) as r:
             assert r.status_code == 200
-            body = r.read()
+            body = b""
+            for piece in r.iter_raw():
+                body += piece
+                if body.startswith(b": keep-alive\n\n"):
+                    gate.set()
     assert body.startswith(b": keep-alive\n\n"), body[:100]
     assert sse_events(body.decode()) == [chunk("a"), "[DONE]"]
 
