@@ -1,0 +1,1 @@
+"""Loopback mock upstreams, one per provider, for tests and local runs (dev only, never shipped)."""
