@@ -37,6 +37,11 @@ Fault modes, for the fault tests (docs/faults.md):
 ``headers``
     Extra response headers, e.g. hop-by-hop ones, to check what the gateway forwards.
 
+``#mock key=value ...`` anywhere in the request's text does the same for
+clients that cannot add body fields (a translated call): ``words``, ``delay``,
+``fail_after``, ``status``, ``usage=0`` and ``tool=NAME`` (answer with a call
+to NAME with ``{"city": "Paris"}``, its arguments streamed in fragments).
+
 ``GET /_mock/requests`` returns the requests it received (headers and
 bodies), so tests can see exactly what the gateway sent upstream.
 
@@ -49,6 +54,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import time
 import uuid
 from typing import Any
@@ -61,6 +67,25 @@ STORY = (
     "anything back, never letting a cut-off answer pass for a whole one. When the story was "
     "told, it counted the tokens, wrote them down, and waited for the next knock at the door."
 ).split(" ")
+
+
+DIRECTIVE = re.compile(rb"#mock((?:[ \t]+[a-z_]+=[^\s\"\\]+)+)")
+_DIRECTIVE_CASTS: dict[str, Any] = {"words": int, "delay": float, "fail_after": int, "status": int,
+                                    "usage": lambda v: v not in ("0", "false"), "tool": str}
+TOOL_FRAGMENTS = ('{"city"', ': "Par', 'is"}')
+
+
+def mock_directive(raw: bytes) -> dict[str, Any]:
+    """The ``#mock key=value ...`` directive in a request body, as ``mock`` options (unknown keys ignored)."""
+    match = DIRECTIVE.search(raw) if b"#mock" in raw else None
+    if not match:
+        return {}
+    options: dict[str, Any] = {}
+    for pair in match.group(1).decode().split():
+        key, _, value = pair.partition("=")
+        if key in _DIRECTIVE_CASTS:
+            options[key] = _DIRECTIVE_CASTS[key](value)
+    return options
 
 
 class CallRecord:
@@ -119,6 +144,9 @@ class MockUpstream:
         options = body.get("mock")
         if not isinstance(options, dict):
             options = {}
+        directive = mock_directive(raw)
+        if directive:
+            options = {**directive, **options}
         record: CallRecord | None = None
         watcher: asyncio.Task[None] | None = None
         if isinstance(options.get("id"), str):
@@ -164,7 +192,13 @@ class MockUpstream:
             await send({"type": "http.response.body", "body": " ".join(words).encode()})
             return
         if not stream or options.get("not_sse"):
-            await _send_json(send, 200, _completion(model, " ".join(words), prompt_tokens, len(words)), extra_headers)
+            answer = _completion(model, " ".join(words), prompt_tokens, len(words))
+            if options.get("tool"):
+                answer["choices"][0]["message"].update(content=None, tool_calls=[{
+                    "id": "call_mock" + uuid.uuid4().hex[:16], "type": "function",
+                    "function": {"name": str(options["tool"]), "arguments": "".join(TOOL_FRAGMENTS)}}])
+                answer["choices"][0]["finish_reason"] = "tool_calls"
+            await _send_json(send, 200, answer, extra_headers)
             return
         await self.stream(body, options, words, prompt_tokens, model, send, record, extra_headers)
 
@@ -200,6 +234,14 @@ class MockUpstream:
 
         await event([{"index": 0, "delta": {"role": "assistant", "content": "", "refusal": None},
                       "logprobs": None, "finish_reason": None}])
+        if options.get("tool"):
+            await self._tool_call(str(options["tool"]), event, delay, fail_after, record)
+            if send_usage:
+                await event([], {"prompt_tokens": prompt_tokens, "completion_tokens": len(TOOL_FRAGMENTS),
+                                 "total_tokens": prompt_tokens + len(TOOL_FRAGMENTS)})
+            await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
         for index, word in enumerate(words):
             if record is not None and record.disconnected is not None:
                 return  # the gateway hung up: stop generating
@@ -232,6 +274,21 @@ class MockUpstream:
         if not options.get("no_done"):
             await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+    @staticmethod
+    async def _tool_call(name: str, event: Any, delay: float, fail_after: Any, record: CallRecord | None) -> None:
+        """A tool call in OpenAI's fragments: id and name first, then the arguments in pieces."""
+        fragments = [{"index": 0, "id": "call_mock" + uuid.uuid4().hex[:16], "type": "function",
+                      "function": {"name": name, "arguments": ""}}]
+        fragments += [{"index": 0, "function": {"arguments": piece}} for piece in TOOL_FRAGMENTS]
+        for index, fragment in enumerate(fragments):
+            if fail_after is not None and index >= fail_after:
+                raise RuntimeError("mock upstream failing mid-stream, as asked")
+            if delay and await _sleep(delay, record):
+                return
+            await event([{"index": 0, "delta": {"tool_calls": [fragment]}, "logprobs": None, "finish_reason": None}])
+        await event([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "tool_calls"}])
 
 
 async def _watch(receive: Any, record: CallRecord) -> None:
