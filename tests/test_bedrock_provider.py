@@ -31,6 +31,7 @@ from botocore.validate import ParamValidator
 from aisix.call import TokenUsage
 from aisix.config import ModelConfig
 from aisix.errors import GatewayError
+from aisix.providers.client import make_upstream_client
 from aisix.local.mocks.bedrock import BedrockMock, encode_frame, event_frame, exception_frame
 from aisix.providers.bedrock import DEFAULT_MAX_TOKENS, BedrockProvider, BedrockStreamDecoder
 from aisix.translate.neutral import (
@@ -50,6 +51,7 @@ from aisix.translate.neutral import (
 from conftest import ServerThread
 
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\nfake").decode()
+PROFILE = "arn:aws:bedrock:us-east-1:123456789012:inference-profile/us.anthropic.claude-3-5-haiku-20241022-v1:0"
 WEATHER = Tool("get_weather", "The weather in a city.", {"type": "object", "properties": {"city": {"type": "string"}}})
 
 
@@ -96,7 +98,7 @@ def test_a_full_request_becomes_converse_json(service: Any) -> None:
         tools=[WEATHER], tool_choice="auto", max_tokens=300, temperature=0.2, top_p=0.9, stop=["END"],
     )
     sent = build(provider, request)
-    assert str(sent.url) == ("https://bedrock-runtime.us-east-1.amazonaws.com/model/amazon.nova-lite-v1%3A0/converse")
+    assert str(sent.url) == ("https://bedrock-runtime.us-east-1.amazonaws.com/model/amazon.nova-lite-v1:0/converse")
     assert sent.headers["content-type"] == "application/json" and "authorization" not in sent.headers
     body = json.loads(sent.content)
     assert body == {
@@ -433,19 +435,27 @@ def mock() -> Iterator[tuple[BedrockMock, str]]:
     server.stop()
 
 
-async def call(provider: BedrockProvider, request: ChatRequest, stream: bool) -> tuple[int, dict[str, str], bytes]:
-    async with httpx.AsyncClient() as client:
+async def call(provider: BedrockProvider, request: ChatRequest, stream: bool,
+               transport: str = "httpx") -> tuple[int, dict[str, str], bytes]:
+    async with make_upstream_client(transport) as client:
         sent = await provider.prepare(provider.chat_request(client, request, stream))
         response = await client.send(sent)
         return response.status_code, dict(response.headers), await response.aread()
 
 
-def test_round_trip_through_the_mock(mock: tuple[BedrockMock, str], service: Any) -> None:
+@pytest.mark.parametrize(("transport", "model_id"), [
+    ("httpx", "amazon.nova-lite-v1:0"),
+    ("aiohttp", PROFILE),  # the local server's transport; an ARN's "/" is escaped in the path
+    ("lean", PROFILE),  # Lambda's
+])
+def test_round_trip_through_the_mock(transport: str, model_id: str, mock: tuple[BedrockMock, str],
+                                     service: Any) -> None:
+    """Signed with the standard chain's credentials (tests/conftest.py's environment), checked by the mock."""
     app, url = mock
-    provider = BedrockProvider(model(base_url=url))  # credentials from the standard chain: the environment
+    provider = BedrockProvider(model(base_url=url, model=model_id))
     ask = ChatRequest([Message("user", [TextPart("Weather? #mock words=3 tool=get_weather")])], tools=[WEATHER])
 
-    status, headers, body = asyncio.run(call(provider, ask, stream=False))
+    status, headers, body = asyncio.run(call(provider, ask, stream=False, transport=transport))
     assert status == 200, body
     parsed = RestJSONParser().parse({"status_code": 200, "headers": headers, "body": body},
                                     service.operation_model("Converse").output_shape)
@@ -454,11 +464,11 @@ def test_round_trip_through_the_mock(mock: tuple[BedrockMock, str], service: Any
     assert answer.text == "Once upon a" and answer.finish == "tool_calls"
     assert answer.tool_calls == [ToolCall("tooluse_mock0001", "get_weather", '{"city": "Paris"}')]
     recorded = app.requests[-1]
-    assert recorded["path"] == "/model/amazon.nova-lite-v1:0/converse"
+    assert recorded["path"] == f"/model/{model_id}/converse"
     assert recorded["json"]["toolConfig"]["tools"][0]["toolSpec"]["name"] == "get_weather"
     assert recorded["headers"]["authorization"].startswith("AWS4-HMAC-SHA256 Credential=testing/")
 
-    status, headers, body = asyncio.run(call(provider, ask, stream=True))
+    status, headers, body = asyncio.run(call(provider, ask, stream=True, transport=transport))
     assert status == 200 and headers["content-type"].startswith(provider.stream_media_type)
     decoder = provider.stream_decoder()
     events = [event for offset in range(0, len(body), 7) for event in decoder.feed(body[offset:offset + 7])]

@@ -111,7 +111,10 @@ class BedrockProvider(Provider):
         if not model.region:
             raise ValueError(f"model {model.name!r}: Bedrock needs a region")
         self.region = model.region
-        base = model.base_url.rstrip("/") + "/model/" + quote(model.model, safe="")
+        # The model id as one path segment: "/" escaped (ARNs of inference profiles), ":" kept as it is
+        # (as Anthropic's Bedrock SDK sends it): aiohttp's URL normalising turns "%3A" back into ":"
+        # after signing, and a path that differs from the signed one fails SigV4.
+        base = model.base_url.rstrip("/") + "/model/" + quote(model.model, safe=":")
         self.url = base + "/converse"
         self.stream_url = base + "/converse-stream"
         self.headers = {"content-type": "application/json", "accept": "application/json"}
