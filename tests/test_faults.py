@@ -209,7 +209,7 @@ UPSTREAM_FAULTS = [
                   model="impatient"),
     UpstreamFault("first-byte-timeout-plain", {"first_byte_delay": 3}, False, 504, "upstream_timeout", "estimate",
                   model="impatient"),
-    UpstreamFault("stall-mid-stream", {"stall_after": 3}, True, 200, "upstream_timeout", "estimate",
+    UpstreamFault("stall-mid-stream", {"stall_after": 3, "stall": 5}, True, 200, "upstream_timeout", "estimate",
                   model="impatient"),
     UpstreamFault("500-stream", {"status": 500}, True, 502, "upstream_error", "none"),
     UpstreamFault("503-stream", {"status": 503}, True, 502, "upstream_error", "none"),
@@ -256,7 +256,7 @@ def test_upstream_fault(front, upstream, fault: UpstreamFault):
             if front.in_process:
                 raise
     raw = b"".join(received).decode()
-    if fault.model == "impatient":  # 3 s before the first byte, or 60 s of silence mid-stream
+    if fault.model == "impatient":  # 3 s before the first byte, or 5 s of silence mid-stream
         record = upstream.mock.calls[body["mock"]["id"]]
         assert eventually(lambda: record.disconnected, timeout=30), "the gateway never hung up on the upstream"
         if "first_byte_delay" in fault.mock:
