@@ -127,8 +127,9 @@ class AzureOpenAIMock:
                 "function": {"name": options["tool"], "arguments": "".join(TOOL_FRAGMENTS)}}]}
             finish = "tool_calls"
         answer: dict[str, Any] = {
-            "id": _completion_id(raw), "object": "chat.completion", "created": 1700000000, "model": "gpt-4o-2024-08-06",
-            "system_fingerprint": "fp_mock", "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": SAFE}],
+            "id": _completion_id(raw), "object": "chat.completion", "created": 1700000000,
+            "model": "gpt-4o-2024-08-06", "system_fingerprint": "fp_mock",
+            "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": SAFE}],
             "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish,
                          "content_filter_results": FLAGGED if finish == "content_filter" else SAFE}],
         }
