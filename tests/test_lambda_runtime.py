@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -24,10 +25,11 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.client import HTTPConnection
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import h11
 import httpx
@@ -241,8 +243,33 @@ def test_streamed_response_bytes(lam: Lambda) -> None:
     assert [c.split()[:2] for c in chunks[1:]] == [[b"chunk", str(i).encode()] for i in range(4)]
 
 
-def test_chunks_reach_lambda_as_the_app_produces_them(lam: Lambda) -> None:
-    inv = lam.invoke(url_event("/stream", "n=4&gap=0.1"))
+@contextlib.contextmanager
+def chunk_gate(folder: Path, arrived: Callable[[], list[bytes]]) -> Iterator[str]:
+    """Open the tiny app's ``gate`` for chunk i (a file ``folder/i``) once ``arrived()`` holds it."""
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            for index in re.findall(rb"chunk (\d+) ", b"".join(arrived())):  # the prelude may share a piece
+                (folder / index.decode()).touch()
+            time.sleep(0.005)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    try:
+        yield "gate=" + quote(str(folder), safe="")
+    finally:
+        stop.set()
+        thread.join(5)
+
+
+def test_chunks_reach_lambda_as_the_app_produces_them(lam: Lambda, tmp_path: Path) -> None:
+    """The app writes chunk i+1 only once chunk i has reached the runtime API: buffering would stall it."""
+    def arrived() -> list[bytes]:
+        return [c.data for inv in list(lam.emu.emulator.invocations.values()) for c in list(inv.chunks)]
+
+    with chunk_gate(tmp_path, arrived) as gate:
+        inv = lam.invoke(url_event("/stream", "n=4&" + gate))
 
     body = inv.chunks[1:]
     arrivals = [c.at for c in body]
@@ -250,9 +277,7 @@ def test_chunks_reach_lambda_as_the_app_produces_them(lam: Lambda) -> None:
     assert arrivals == sorted(arrivals) and len(set(arrivals)) == 4
     for chunk in body:
         assert chunk.at >= emitted_at(chunk.data)  # sanity: the two processes share the clock
-    # Buffering would deliver chunk 0 only after the last one was produced.
-    assert body[0].at < emitted_at(body[-1].data)
-    assert body[2].at < emitted_at(body[3].data)
+    assert not [c.data for c in body if b"early" in c.data], "a chunk was produced before the previous one arrived"
 
 
 def test_error_before_any_body_is_an_http_500(lam: Lambda) -> None:
@@ -395,19 +420,19 @@ def test_warm_process_keeps_no_state_between_invocations(lam: Lambda) -> None:
 # --- the function URL front door ------------------------------------------------------
 
 
-def test_front_door_streams_to_an_http_client(lam: Lambda) -> None:
-    received: list[tuple[float, bytes]] = []
-    with httpx.Client(timeout=10) as client, client.stream("GET", f"{lam.emu.url}/stream?n=4&gap=0.15") as response:
+def test_front_door_streams_to_an_http_client(lam: Lambda, tmp_path: Path) -> None:
+    """The app writes chunk i+1 only once the HTTP client has chunk i."""
+    received: list[bytes] = []
+    with chunk_gate(tmp_path, lambda: list(received)) as gate, httpx.Client(timeout=30) as client, \
+            client.stream("GET", f"{lam.emu.url}/stream?n=4&{gate}") as response:
         assert response.status_code == 200
         assert response.headers["content-type"] == "text/event-stream"
         for piece in response.iter_raw():
-            received.append((time.monotonic(), piece))
+            received.append(piece)
 
-    lines = b"".join(p for _, p in received).splitlines()
+    lines = b"".join(received).splitlines()
     assert [line.split()[:2] for line in lines] == [[b"chunk", str(i).encode()] for i in range(4)]
-    first_line_at = next(at for at, piece in received if piece.startswith(b"chunk 0"))
-    assert first_line_at < emitted_at(lines[-1])  # the client had chunk 0 before chunk 3 existed
-    assert len(received) >= 2
+    assert not [line for line in lines if line.endswith(b"early")], "the client's chunk came only after the next"
 
 
 def test_front_door_headers_cookies_and_broken_streams(lam: Lambda) -> None:

@@ -72,14 +72,28 @@ async def start_stream(send: Any) -> None:
 
 
 async def stream(scope: Any, receive: Any, send: Any, query: dict[str, str]) -> None:
-    """`n` chunks `gap` seconds apart: b"chunk <i> <monotonic>\\n"."""
-    n, gap = int(query.get("n", 4)), float(query.get("gap", 0.1))
+    """`n` chunks `gap` seconds apart: b"chunk <i> <monotonic>\\n".
+
+    With `gate=<dir>`, chunk i+1 is written only once the file `<dir>/<i>` exists (the test
+    makes it when chunk i has arrived), for at most 10 s; a chunk that had to go on without
+    it ends in " early". So "relayed as produced" is an order of events, not a timing.
+    """
+    n, gap, gate = int(query.get("n", 4)), float(query.get("gap", 0.1)), query.get("gate")
     await start_stream(send)
     for i in range(n):
-        if i:
+        early = ""
+        if i and gate:
+            for _ in range(2000):
+                if os.path.exists(os.path.join(gate, str(i - 1))):
+                    break
+                await asyncio.sleep(0.005)
+            else:
+                early = " early"
+        elif i:
             await asyncio.sleep(gap)
         await send(
-            {"type": "http.response.body", "body": f"chunk {i} {time.monotonic():.6f}\n".encode(), "more_body": True}
+            {"type": "http.response.body", "body": f"chunk {i} {time.monotonic():.6f}{early}\n".encode(),
+             "more_body": True}
         )
     await send({"type": "http.response.body", "body": b"", "more_body": False})
 
