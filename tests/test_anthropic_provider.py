@@ -330,6 +330,14 @@ def test_sse_events_keep_each_event_byte_exact() -> None:
                       (b"event: message_stop\r\ndata: {}\r\n\r\n", "message_stop", "{}")]
 
 
+def test_sse_events_whole_reads_with_extra_blank_lines() -> None:
+    splitter = SSEEvents()
+    splitter.feed(b"event: ping\ndata: {}\n\n")
+    events = splitter.feed(b"\n\nevent: a\ndata: 1\n\n\nevent: b\ndata: 2\ndata: 3\n\nevent: c\nda")
+    assert events == [(b"event: a\ndata: 1\n\n", "a", "1"), (b"event: b\ndata: 2\ndata: 3\n\n", "b", "2\n3")]
+    assert splitter.feed(b"ta: 4\n\n") == [(b"event: c\ndata: 4\n\n", "c", "4")]
+
+
 # -- errors --------------------------------------------------------------------------------
 
 

@@ -374,6 +374,31 @@ class SSEEvents:
         self._started = False
 
     def feed(self, data: bytes) -> list[tuple[bytes, str | None, str]]:
+        if self._started and not self._buf and b"\r" not in data:
+            return self._fast(data)
+        return self._slow(data)
+
+    def _fast(self, data: bytes) -> list[tuple[bytes, str | None, str]]:
+        """At an event boundary with LF-only input (what Anthropic sends): whole events split at once."""
+        parts = data.split(b"\n\n")
+        tail = parts.pop()
+        out: list[tuple[bytes, str | None, str]] = []
+        for part in parts:
+            part = part.lstrip(b"\n")  # blank lines between events belong to no event
+            if not part:
+                continue
+            if len(part) > self._limit:
+                raise EventTooLarge
+            for line in part.split(b"\n"):
+                self._field(line)
+            if self._event is not None or self._data:
+                out.append((part + b"\n\n", self._event, "\n".join(self._data)))
+                self._event, self._data = None, []
+        if tail:
+            out.extend(self._slow(tail))
+        return out
+
+    def _slow(self, data: bytes) -> list[tuple[bytes, str | None, str]]:
         buf = self._buf
         buf += data
         if not self._started and len(buf) >= 3:
