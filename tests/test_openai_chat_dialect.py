@@ -98,7 +98,8 @@ def test_a_conversation_with_tools_maps_to_neutral() -> None:
                 "role": "assistant",
                 "content": "Checking.",
                 "tool_calls": [
-                    {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}},
+                    {"id": "call_1", "type": "function",
+                     "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}},
                     {"id": "call_2", "type": "function", "function": {"name": "get_time", "arguments": "{}"}},
                 ],
             },
@@ -107,8 +108,8 @@ def test_a_conversation_with_tools_maps_to_neutral() -> None:
             {"role": "user", "content": "Thanks."},
         ],
         "tools": [
-            {"type": "function", "function": {"name": "get_weather", "description": "Weather now",
-                                               "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}},
+            {"type": "function", "function": {"name": "get_weather", "description": "Weather now", "parameters": {
+                "type": "object", "properties": {"city": {"type": "string"}}}}},
             {"type": "function", "function": {"name": "get_time"}},
         ],
         "tool_choice": {"type": "function", "function": {"name": "get_weather"}},

@@ -93,7 +93,9 @@ def test_a_base64_answer_is_little_endian_float32() -> None:
 
 def large_answer(n: int = 400, dims: int = 1536) -> bytes:
     rng = random.Random(7)
-    data = [{"object": "embedding", "index": i, "embedding": [rng.uniform(-1, 1) for _ in range(dims)]} for i in range(n)]
+    data = [
+        {"object": "embedding", "index": i, "embedding": [rng.uniform(-1, 1) for _ in range(dims)]} for i in range(n)
+    ]
     body = {"object": "list", "data": data, "model": "text-embedding-3-small",
             "usage": {"prompt_tokens": 12345, "total_tokens": 12345}}  # fmt: skip
     return json.dumps(body, indent=2).encode()

@@ -50,7 +50,8 @@ CODEX = {
         {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "List the files."}]},
         {"type": "reasoning", "id": "rs_1", "summary": [], "encrypted_content": "gAAAA..."},
         {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Running ls."}]},
-        {"type": "function_call", "id": "fc_1", "call_id": "call_1", "name": "shell", "arguments": '{"command":["ls"]}'},
+        {"type": "function_call", "id": "fc_1", "call_id": "call_1", "name": "shell",
+         "arguments": '{"command":["ls"]}'},
         {"type": "function_call_output", "call_id": "call_1", "output": "README.md\nsrc"},
         {"type": "function_call", "call_id": "call_2", "namespace": "mcp__docs", "name": "search",
          "arguments": '{"q":"x"}'},
@@ -169,7 +170,8 @@ def test_store_false_or_missing_is_fine() -> None:
         ({"tools": [{"type": "file_search", "vector_store_ids": ["vs"]}]}, "tools[0].type=file_search"),
         ({"tools": [{"type": "local_shell"}]}, "tools[0].type=local_shell"),
         ({"tools": [{"type": "function", "name": "a__b"},
-                    {"type": "namespace", "name": "a", "description": "", "tools": [{"type": "function", "name": "b"}]}]},
+                    {"type": "namespace", "name": "a", "description": "",
+                     "tools": [{"type": "function", "name": "b"}]}]},
          "tools[1].tools[0].name"),
         ({"tool_choice": {"type": "web_search"}}, "tool_choice=web_search"),
         ({"text": {"format": {"type": "json_schema", "name": "x", "schema": {}}}}, "text.format.type=json_schema"),
@@ -312,7 +314,10 @@ def test_interleaved_fragments_of_parallel_calls_land_in_their_items() -> None:
     events = [ToolCallStart(0, "c0", "shell"), ToolCallStart(1, "c1", "shell"), ToolCallDelta(1, '{"command": '),
               ToolCallDelta(0, '{"command": ["a"]}'), ToolCallDelta(1, '["b"]}'), Finish("tool_calls")]  # fmt: skip
     final = accumulate(parse(run({"model": "claude"}, events)))[-1].response
-    assert [(i.call_id, i.arguments) for i in final.output] == [("c0", '{"command": ["a"]}'), ("c1", '{"command": ["b"]}')]
+    assert [(i.call_id, i.arguments) for i in final.output] == [
+        ("c0", '{"command": ["a"]}'),
+        ("c1", '{"command": ["b"]}'),
+    ]
 
 
 def test_a_length_stop_ends_with_response_incomplete() -> None:

@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from starlette.datastructures import Headers
 
     from ..call import Call, TokenUsage
+    from ..errors import GatewayError
     from ..translate.neutral import StreamEvent
 
 log = logging.getLogger("aisix.dialects")
@@ -347,6 +348,10 @@ class ChatStreamEncoder:
             b"data: " + self._head + b',"choices":[{"index":0,"delta":{},"logprobs":null,"finish_reason":"'
             + finish.encode() + b'"}]' + self._tail
         )  # fmt: skip
+
+    def error_frame(self, error: "GatewayError") -> bytes:
+        """A failure after the start: the error object as one ``data:`` frame, as the pass-through writes it."""
+        return error.to_sse()
 
     def end(self) -> bytes:
         out = b""
