@@ -1,38 +1,54 @@
-"""The gateway: everything built once per process, and the steps of one call.
+"""The gateway: everything built once per process.
 
-`Gateway` owns the long-lived parts (models, the pooled upstream client, the
-DynamoDB store, the key cache, the hook pipeline) and the two steps every
-call takes whatever the transport: authenticate the key, and open the
-upstream call. The HTTP surface is in `aisix.app`, the streaming relay in
-`aisix.relay`.
+`Gateway` owns the long-lived parts (models and their providers, the pooled
+upstream client, the DynamoDB store, the key cache, the hook pipeline) and
+the two things every call asks of them: who is calling (`authenticate`),
+and how its upstream call is made (`bridge`). The steps of a call are in
+`aisix.lifecycle`; the HTTP surface is in `aisix.app`.
 """
 
 from __future__ import annotations
 
-import functools
-import json
+import importlib
 import logging
-import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from .auth import KeyCache, bearer_token
-from .config import GatewayConfig, Settings, load_config
-from .errors import GatewayError, bad_request, service_unavailable, upstream_error
-from .hooks import Call, Hook, Pipeline, RateLimitHook, ValidateModelHook, load_hook
+from .auth import KeyCache
+from .call import Call, TokenUsage
+from .config import GatewayConfig, ModelConfig, Settings, load_config
+from .errors import bad_request, service_unavailable
+from .hooks import Hook, Pipeline, RateLimitHook, ValidateModelHook, load_hook
+from .providers import provider_class
+from .providers.client import make_upstream_client
 from .quota import Quota
 from .secrets import resolve_secrets
-from .providers import OpenAIProvider, make_upstream_client, never_sent, upstream_failure_error
-from .providers.sent import reporting_sent
 from .store import AsyncStore, KeyRecord, Store, StoreUnavailable, make_client
-from .call import TokenUsage
-from .usage import completion_chars, estimate_prompt_tokens, estimate_tokens, usage_from_dict
+from .usage import estimate_prompt_tokens, estimate_tokens
+
+if TYPE_CHECKING:
+    from .dialects.base import Dialect
+    from .providers.base import Provider
 
 log = logging.getLogger("aisix")
 
-# A non-streamed answer is held in memory to read its usage: beyond this it is refused (502).
-MAX_ANSWER_BYTES = 64 * 1024 * 1024
+# Client dialect → its pass-through, for a provider that speaks it natively.
+PASSTHROUGH_CLASSES = {
+    "openai_chat": "aisix.passthrough.openai_chat:OpenAIChatPassthrough",
+    "openai_embeddings": "aisix.passthrough.openai_embeddings:OpenAIEmbeddingsPassthrough",
+    "anthropic_messages": "aisix.passthrough.anthropic_messages:AnthropicMessagesPassthrough",
+}
+_NEEDS = {"chat": "chat completions", "embeddings": "embeddings", "count_tokens": "token counting"}
+
+
+def _load(target: str) -> Any:
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def make_provider(model: ModelConfig) -> "Provider":
+    return provider_class(model.provider)(model)
 
 
 class Gateway:
@@ -50,7 +66,7 @@ class Gateway:
         self.client = client or make_upstream_client(
             settings.upstream_transport, settings.upstream_max_connections
         )
-        self.providers = {name: OpenAIProvider(model) for name, model in config.models.items()}
+        self.providers = {name: make_provider(model) for name, model in config.models.items()}
         self.keys = KeyCache(store.get_key, settings.key_cache_seconds)
         builtin: list[Hook] = [
             ValidateModelHook(config.models),
@@ -79,8 +95,8 @@ class Gateway:
         await self.client.aclose()
         self.store.close()
 
-    async def authenticate(self, authorization: str | None) -> KeyRecord:
-        secret = bearer_token(authorization)
+    async def authenticate(self, secret: str) -> KeyRecord:
+        """The key record for the presented ``secret`` (the dialect found it), or a 401/503."""
         try:
             return await self.keys.authenticate(secret)
         except StoreUnavailable:
@@ -89,78 +105,26 @@ class Gateway:
                 "API keys cannot be checked right now (the key store is unavailable). Retry shortly."
             ) from None
 
-    async def open_upstream(self, call: Call, stream: bool) -> httpx.Response:
-        """Send the call upstream; return the response once its status is 200, else raise.
+    async def validate_model(self, call: Call) -> None:
+        """The model exists and the key may use it (ValidateModelHook alone, for calls without limits)."""
+        await self.pipeline.hooks[0].pre_call(call)
 
-        A strict upstream that refuses ``stream_options`` is asked once more
-        without it, and remembered, so later calls skip the refused attempt.
-        """
+    def bridge(self, call: Call, dialect: "Dialect", request: Any = None) -> Any:
+        """How this call reaches its upstream: passed through when the provider speaks the
+        client's dialect, else translated. A provider that cannot serve it at all is a 400.
+        ``request`` is the client's (a pass-through forwards some of its headers)."""
         assert call.model is not None, "ValidateModelHook resolves the model first"
         provider = self.providers[call.model.name]
-        with_usage = stream and provider.accepts_stream_options
-        call.response_headers["x-aisix-overhead-ms"] = f"{(time.perf_counter() - call.started) * 1000:.2f}"
-        response = await self._send(provider, call, stream, with_usage)
-        if response.status_code == 200:
-            return response
-        call.upstream_took_call = False  # refused: the upstream did no work
-        body = await _read_and_close(response)
-        if with_usage and provider.rejects_stream_options(response.status_code, body):
-            log.info("upstream of %s refuses stream_options; usage will be estimated", call.model.name)
-            provider.accepts_stream_options = False
-            response = await self._send(provider, call, stream, with_usage=False)
-            if response.status_code == 200:
-                return response
-            call.upstream_took_call = False
-            body = await _read_and_close(response)
-        raise upstream_failure(provider, response.status_code, response.headers, body)
+        if dialect.needs not in provider.serves:
+            raise bad_request(
+                f"The model '{call.model.name}' does not serve {_NEEDS[dialect.needs]}.",
+                param="model", code="unsupported_model",
+            )
+        if dialect.name in provider.native_dialects:
+            return _load(PASSTHROUGH_CLASSES[dialect.name])(self, call, provider, request)
+        from .translate.bridge import TranslatedCall
 
-    async def _send(
-        self, provider: OpenAIProvider, call: Call, stream: bool, with_usage: bool
-    ) -> httpx.Response:
-        try:
-            request = provider.build_request(self.client, call.body, stream, with_usage)
-        except RecursionError:  # parsed at the limit of the stack, one level too deep to write back
-            raise bad_request("The request body is nested too deeply.") from None
-        # Set by the transport the moment the request has left (`reporting_sent`): from
-        # then on a client that leaves while the upstream thinks is charged; before it
-        # (cancelled while connecting) nothing is.
-        call.upstream_took_call = False
-        try:
-            with reporting_sent(functools.partial(setattr, call, "upstream_took_call", True)):
-                response = await self.client.send(request, stream=True)
-            call.upstream_took_call = True  # it answered: it saw the call
-            return response
-        except httpx.HTTPError as exc:
-            if never_sent(exc):
-                call.upstream_took_call = False
-            raise upstream_failure_error(
-                exc,
-                f"The upstream for '{call.model_name}' did not answer in time.",
-                f"The upstream for '{call.model_name}' could not be reached",
-            ) from None
-
-    async def complete(self, call: Call) -> bytes:
-        """A non-streamed call: the upstream's JSON body, as it came, with usage recorded."""
-        response = await self.open_upstream(call, stream=False)
-        try:
-            body = await read_limited(response, MAX_ANSWER_BYTES)
-        except httpx.HTTPError as exc:
-            raise upstream_failure_error(
-                exc, "The upstream did not finish its answer in time.", "The upstream answer was cut off"
-            ) from None
-        finally:
-            await response.aclose()
-        try:
-            parsed = json.loads(body)
-        except (ValueError, RecursionError):
-            raise upstream_error("The upstream answered with something that is not JSON.") from None
-        if not isinstance(parsed, dict):
-            raise upstream_error("The upstream answered with something that is not a chat completion.")
-        call.status = 200
-        call.response_body = body
-        call.usage = usage_from_dict(parsed.get("usage"))
-        self.settle_usage(call, completion_chars(parsed))
-        return body
+        return TranslatedCall(self, call, provider, dialect)
 
     def settle_usage(self, call: Call, completion_chars: int = 0) -> None:
         """Give ``call`` its usage if the upstream reported none: what the call really used.
@@ -177,98 +141,3 @@ class Gateway:
         completion = estimate_tokens(completion_chars)
         call.usage = TokenUsage(prompt, completion, prompt + completion)
         call.usage_estimated = True
-
-    async def read_stray_usage(self, call: Call, response: httpx.Response, limit: int = 1024 * 1024) -> None:
-        """Read what an upstream sent instead of an event stream, for the usage it reports."""
-        try:
-            body = await read_limited(response, limit)
-            parsed = json.loads(body)
-        except (httpx.HTTPError, ValueError, RecursionError, UnicodeDecodeError):
-            return
-        if isinstance(parsed, dict):
-            call.usage = usage_from_dict(parsed.get("usage"))
-
-    def upstream_error_event(self, call: Call, chunk: dict[str, Any]) -> GatewayError:
-        """An ``{"error": ...}`` event the upstream sent mid-stream, as a well-formed OpenAI error."""
-        assert call.model is not None
-        error = chunk.get("error")
-        return _error_from_upstream(
-            self.providers[call.model.name], 502, error if isinstance(error, dict) else {},
-            default_type="api_error", default_code="upstream_error",
-        )
-
-
-async def read_limited(response: httpx.Response, limit: int) -> bytes:
-    """The response body, or `upstream_error` (502) once it passes ``limit`` bytes."""
-    pieces: list[bytes] = []
-    size = 0
-    async for piece in response.aiter_bytes():
-        size += len(piece)
-        if size > limit:
-            raise upstream_error(f"The upstream's answer is larger than the gateway relays ({limit} bytes).")
-        pieces.append(piece)
-    return b"".join(pieces)
-
-
-async def _read_and_close(response: httpx.Response) -> bytes:
-    try:
-        return await response.aread()
-    except httpx.HTTPError:
-        return b""
-    finally:
-        await response.aclose()
-
-
-def upstream_failure(
-    provider: OpenAIProvider, status: int, headers: httpx.Headers, body: bytes
-) -> GatewayError:
-    """Turn an upstream refusal into the client's error, never leaking the upstream key.
-
-    4xx (the request's own fault) keep their status and OpenAI error fields;
-    401/403 mean the gateway's upstream credentials are wrong, which is not
-    the client's fault: 502. 5xx become 502. 429 keeps ``Retry-After``.
-    """
-    name = provider.model.name
-    if status in (401, 403):
-        return upstream_error(f"The upstream for '{name}' refused the gateway's credentials.")
-    if status < 400 or status >= 500:
-        return upstream_error(f"The upstream for '{name}' failed with HTTP {status}.")
-    error: dict[str, Any] = {}
-    try:
-        parsed = json.loads(body)
-        if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
-            error = parsed["error"]
-    except (ValueError, RecursionError):
-        pass
-    passthrough_headers = {}
-    if status == 429 and "retry-after" in headers:
-        passthrough_headers["retry-after"] = headers["retry-after"]
-    return _error_from_upstream(
-        provider, status, error, headers=passthrough_headers,
-        default_type="rate_limit_error" if status == 429 else "invalid_request_error",
-    )
-
-
-def _error_from_upstream(
-    provider: OpenAIProvider,
-    status: int,
-    error: dict[str, Any],
-    *,
-    default_type: str,
-    default_code: str | None = None,
-    headers: dict[str, str] | None = None,
-) -> GatewayError:
-    """The upstream's own error fields, redacted of the upstream key, in OpenAI's four-key shape."""
-    name = provider.model.name
-    message = str(error.get("message") or f"The upstream for '{name}' refused the request (HTTP {status}).")
-    key = provider.model.api_key
-    if key:
-        message = message.replace(key, "[redacted]")
-    return GatewayError(
-        status,
-        message,
-        type=str(error.get("type") or default_type),
-        param=error.get("param") if isinstance(error.get("param"), str) else None,
-        code=str(error["code"]) if error.get("code") is not None else default_code,
-        headers=headers,
-    )

@@ -52,7 +52,7 @@ class Lifecycle:
             call.body = await read_json(request, gw.settings.max_body_bytes)
             call.model_name, call.stream = dialect.validate(call.body)
             await gw.pipeline.pre_call(call)
-            bridge = gw.bridge(call, dialect, headers=request.headers)
+            bridge = gw.bridge(call, dialect, request)
         except GatewayError as exc:
             # Refused before the upstream: post_call hooks see it, nothing is charged.
             return self._refused(call, dialect, exc)

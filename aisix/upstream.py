@@ -56,8 +56,9 @@ async def open_ok(client: httpx.AsyncClient, call: "Call", provider: "Provider",
     raise provider.error(response.status_code, response.headers, body)
 
 
-async def read_limited(response: httpx.Response, limit: int = MAX_ANSWER_BYTES) -> bytes:
-    """The response body, or `upstream_error` (502) once it passes ``limit`` bytes."""
+async def read_limited(response: httpx.Response, limit: int | None = None) -> bytes:
+    """The response body, or `upstream_error` (502) once it passes ``limit`` (default `MAX_ANSWER_BYTES`)."""
+    limit = MAX_ANSWER_BYTES if limit is None else limit
     pieces: list[bytes] = []
     size = 0
     try:

@@ -20,7 +20,7 @@ from typing import Any, Iterator
 import httpx
 import pytest
 
-from aisix import relay
+from aisix.passthrough import openai_chat as openai_passthrough
 from aisix.app import create_app
 from aisix.config import Settings, parse_config
 from aisix.gateway import Gateway
@@ -296,7 +296,7 @@ def test_an_event_over_the_size_limit_ends_the_stream_with_an_error(front, upstr
     """An upstream that sends one endless event cannot make the gateway hold it all."""
     if not front.in_process:
         pytest.skip("the limit is patched in the gateway's process")
-    monkeypatch.setattr(relay, "MAX_EVENT_BYTES", 256 * 1024)
+    monkeypatch.setattr(openai_passthrough, "MAX_EVENT_BYTES", 256 * 1024)
     gw = front.shared()
     secret = gw.key(tpm=100_000_000)
     body = {**CHAT, "stream": True, "mock": {"huge_chunk": 1_000_000}}
@@ -451,9 +451,9 @@ def test_a_plain_answer_over_the_size_limit_is_a_502(front, monkeypatch):
     """A non-streamed answer is held to read its usage: one past the limit is refused, not buffered."""
     if not front.in_process:
         pytest.skip("the limit is patched in the gateway's process")
-    from aisix import gateway
+    from aisix import upstream
 
-    monkeypatch.setattr(gateway, "MAX_ANSWER_BYTES", 4096)
+    monkeypatch.setattr(upstream, "MAX_ANSWER_BYTES", 4096)
     gw = front.shared()
     with gw.client(gw.key()) as client:
         small = client.post("/v1/chat/completions", json=CHAT)
@@ -540,7 +540,7 @@ def test_content_types(gw, content_type, status):
     [("PUT", "/v1/chat/completions", 405), ("DELETE", "/v1/chat/completions", 405),
      ("PATCH", "/chat/completions", 405), ("POST", "/v1/models", 405), ("POST", "/health", 405),
      ("POST", "/v1/completions", 404), ("GET", "/v1/chat/completions/../../etc/passwd", 404),
-     ("POST", "/v1/embeddings", 404)],
+     ("POST", "/v1/audio/speech", 404)],
 )
 def test_more_unknown_routes_and_methods(gw, method, path, status):
     with gw.client(gw.key()) as client:

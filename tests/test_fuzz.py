@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from aisix.relay import SSEDecoder, decode_chunk
+from aisix.streaming.sse import SSEDecoder, decode_chunk
 from faultkit import InProcess
 
 UPSTREAM_KEY = "sk-upstream-secret-do-not-leak"
@@ -91,7 +91,7 @@ def test_sse_decoder_yields_exactly_the_events_however_the_bytes_are_split(strea
 @given(st.integers(min_value=1, max_value=64), st.sampled_from([b"x", b"\xc3\xa9", b"data: "]))
 def test_sse_decoder_memory_is_bounded(limit_kib, filler):
     """However an endless event arrives, the decoder refuses it once it passes the limit."""
-    from aisix.relay import EventTooLarge
+    from aisix.streaming.sse import EventTooLarge
 
     decoder = SSEDecoder(limit_kib * 1024)
     piece = b"data: " + filler * 1000

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from aisix.errors import GatewayError
-from aisix.relay import lambda_error_trailers, lambda_error_type
+from aisix.streaming.relay import lambda_error_trailers, lambda_error_type
 
 # Spelled here, from AWS's runtime interface emulator, not imported from the code under test.
 LAMBDA_ERROR_TYPE = re.compile(r"(Runtime|Function)\.[A-Z][a-zA-Z]+")

@@ -39,7 +39,7 @@ class OpenAIChatPassthrough:
 
     headers = SSE_HEADERS
 
-    def __init__(self, gateway: "Gateway", call: "Call", provider: "OpenAIProvider", headers: Any = None) -> None:
+    def __init__(self, gateway: "Gateway", call: "Call", provider: "OpenAIProvider", request: Any = None) -> None:
         self.client = gateway.client
         self.pipeline = gateway.pipeline
         self.call = call

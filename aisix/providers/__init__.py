@@ -22,6 +22,8 @@ PROVIDER_CLASSES: dict[str, tuple[str, str]] = {
     "openai": ("openai", "OpenAIProvider"),
     "azure": ("azure", "AzureOpenAIProvider"),
     "gemini": ("gemini", "GeminiProvider"),
+    "anthropic": ("anthropic", "AnthropicProvider"),
+    "bedrock": ("bedrock", "BedrockProvider"),
 }
 
 

@@ -176,7 +176,9 @@ class StreamRelay:
             await self._start(error.status, [(b"content-type", b"application/json")])
             await self._end(json.dumps(self.dialect.error_body(error)).encode())
             return
-        await self._end(self.dialect.error_frame(error), error)
+        # A source that knows its stream's state (ids, sequence numbers) writes the frame itself.
+        frame = getattr(self.source, "error_frame", None)
+        await self._end(frame(error) if frame is not None else self.dialect.error_frame(error), error)
 
     async def _keepalive(self) -> None:
         """Send SSE comments while the upstream is silent, so idle time-outs on the way don't fire.

@@ -59,7 +59,7 @@ class TranslatedCall:
         assert self.response is not None
         call, hooks = self.call, self.pipeline
         decoder = self.provider.stream_decoder()
-        encoder = self.dialect.stream_encoder(call)
+        encoder = self.encoder = self.dialect.stream_encoder(call)
         first = encoder.start()
         if first:
             await write(first)
@@ -95,6 +95,12 @@ class TranslatedCall:
     async def aclose(self) -> None:
         if self.response is not None:
             await self.response.aclose()
+
+    def error_frame(self, error: GatewayError) -> bytes:
+        """A failure after the first byte, as the encoder writes it (it knows the stream's ids)."""
+        encoder = getattr(self, "encoder", None)
+        frame = getattr(encoder, "error_frame", None)
+        return frame(error) if frame is not None else self.dialect.error_frame(error)
 
     # -- complete --------------------------------------------------------------------
 
