@@ -233,3 +233,26 @@ def test_a_call_cut_off_while_connecting_is_not_charged(function, store):
     key_id = key_id_for(hash_key(secret))
     # Only the call that reached the upstream is charged (the others would add their prompt estimate).
     assert eventually(lambda: window_total(store, key_id).tokens == used), window_total(store, key_id)
+
+
+def test_anthropic_messages_stream_through_the_runtime_translated(function, store):
+    """An Anthropic client (Claude Code's protocol) on the Lambda streaming path, to an OpenAI-compatible
+    model: Anthropic's event stream comes out, one runtime chunk per event, charged like any call."""
+    secret, _ = issue_key(store, "lambda", tpm=100_000)
+    body = {"model": "my-gpt4-mini", "max_tokens": 200, "stream": True,
+            "messages": [{"role": "user", "content": "Tell me a story"}]}
+    inv = function(body, secret, path="/v1/messages")
+    assert inv.prelude["statusCode"] == 200
+    frames = [c.data for c in inv.chunks[1:] if c.data]  # after the prelude
+    kinds = [line.split(b": ", 1)[1] for frame in frames for line in frame.split(b"\n") if line.startswith(b"event: ")]
+    assert kinds[0] == b"message_start" and kinds[-1] == b"message_stop"
+    assert b"content_block_delta" in kinds and b"message_delta" in kinds
+    # One upstream event may become several Anthropic events (a block's start and its first delta),
+    # written together; a chunk never ends inside an event.
+    assert all(frame.endswith(b"\n\n") for frame in frames)
+    text = "".join(json.loads(line[6:])["delta"]["text"] for frame in frames for line in frame.split(b"\n")
+                   if line.startswith(b"data: ") and b'"text_delta"' in line)
+    assert text
+    key_id = key_id_for(hash_key(secret))
+    assert eventually(lambda: store.read_window(key_id).tokens > 0)
+    assert inv.error is None
