@@ -12,6 +12,12 @@ gateway passes through untouched::
 
     {"bench": {"chunks": 100, "pace_ms": 1.0, "words": 20}}
 
+A translated request (an Anthropic or Responses client in front of this upstream)
+loses that object on the way, so without it the same options are read from a
+directive anywhere in the request's text, found with one regex over the raw body::
+
+    {"messages": [{"role": "user", "content": "Say hello #bench chunks=100 pace_ms=1 words=20"}]}
+
 ``pace_ms`` 0 (default) sends the events back to back ("burst": each its own
 write, the kernel coalesces them); ``pace_ms`` > 0 sleeps between events
 ("paced": one event per upstream read, as real token streams arrive).
@@ -31,6 +37,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import time
 import uuid
 from typing import Any
@@ -111,6 +118,15 @@ class StreamTemplate:
         return b"data: " + self.head + b'[],"usage":' + usage + b"}\n\n"
 
 
+def directive(raw: bytes) -> dict[str, str]:
+    """The ``#bench key=value ...`` options in a raw request body; {} when it has none."""
+    match = DIRECTIVE.search(raw) if b"#bench" in raw else None
+    if match is None:
+        return {}
+    return dict(pair.split("=", 1) for pair in match.group(1).decode().split())  # type: ignore[misc]
+
+
+DIRECTIVE = re.compile(rb"#bench((?:[ \t]+[a-z_]+=[0-9.]+)+)")
 DONE = b"data: [DONE]\n\n"
 SSE_HEAD = (
     b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n"
@@ -173,7 +189,9 @@ class UpstreamProtocol(asyncio.Protocol):
         except ValueError:
             self.respond("400 Bad Request", b'{"error":{"message":"bad json","type":"invalid_request_error","param":null,"code":null}}')
             return
-        options = body.get("bench") or {}
+        options = body.get("bench")
+        if options is None:  # translated: the directive in the text is what survives
+            options = directive(raw)
         model = str(body.get("model", "bench"))
         prompt_tokens = 8 + sum(len(str(m.get("content", ""))) for m in body.get("messages", [])) // 4
         if body.get("stream") is not True:

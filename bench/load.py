@@ -7,7 +7,13 @@ happened and how many complete SSE events each one carried, which is how the
 benchmark checks that the gateway never merges upstream events.
 
 Responses may be framed by ``content-length``, by chunked transfer encoding,
-or by the connection closing.
+or by the connection closing. Streams may be framed the way each client protocol
+frames them: OpenAI chat (``data:`` lines, ending with ``data: [DONE]``),
+Anthropic Messages (``event: <type>`` + ``data:``; content in
+``content_block_delta``, the end is ``message_stop``) and OpenAI Responses
+(typed events; content in ``response.output_text.delta``, the end is
+``response.completed``). Each event says which by its first line, so the
+OpenAI path pays nothing for the others.
 """
 
 from __future__ import annotations
@@ -19,6 +25,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 STAMP = re.compile(rb'"content":" (\d+)@(\d+)"')
+# Typed events (Anthropic, Responses): the stamp is the whole text of a content event's delta,
+# whatever the key and the JSON spacing (`"text":" 5@123"`, `"delta": " 5@123"`).
+TYPED_STAMP = re.compile(rb'": ?" (\d+)@(\d+)"')
+TYPED_CONTENT = (b"content_block_delta", b"response.output_text.delta")
+TYPED_END = (b"message_stop", b"response.completed")
 
 
 @dataclass(slots=True)
@@ -32,7 +43,8 @@ class Response:
     end_ns: int = 0
     body_bytes: int = 0
     events: int = 0  # complete SSE events
-    done: bool = False  # saw data: [DONE]
+    content_events: int = 0  # events carrying a content chunk (a stamped text delta)
+    done: bool = False  # saw the stream's end: data: [DONE], event: message_stop or event: response.completed
     # Per content event: (arrival ns, upstream send ns), when stamps are kept.
     stamps: list[tuple[int, int]] = field(default_factory=list)
     # Per recv() that carried body bytes: complete events it ended, and whether it ended mid-event.
@@ -218,18 +230,25 @@ class Connection(asyncio.Protocol):
         self._sse_tail = parts.pop()
         complete = 0
         for event in parts:
-            if not event.startswith(b"data: "):
+            if event.startswith(b"data: "):  # OpenAI chat: data lines only
+                end = event == b"data: [DONE]"
+                match = None if end else STAMP.search(event)
+            elif event.startswith(b"event: "):  # Anthropic, Responses: the type on the first line
+                kind = event[7:event.find(b"\n")]
+                end = kind in TYPED_END
+                match = TYPED_STAMP.search(event) if kind in TYPED_CONTENT else None
+            else:
                 continue  # comments (keep-alives)
             complete += 1
             resp.events += 1
             if resp.last_event_ns and now - resp.last_event_ns > resp.max_gap_ns:
                 resp.max_gap_ns = now - resp.last_event_ns
             resp.last_event_ns = now
-            if event == b"data: [DONE]":
+            if end:
                 resp.done = True
                 continue
-            match = STAMP.search(event)
             if match is not None:
+                resp.content_events += 1
                 if not resp.first_event_ns:
                     resp.first_event_ns = now
                 if self.keep_stamps:
