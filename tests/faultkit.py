@@ -158,8 +158,10 @@ async def _until_gone(receive: Any, limit: float = 30.0) -> None:
         pass
 
 
-def dynamodb_client(endpoint: str, attempts: int = 1, timeout: float = 0.5) -> Any:
-    """A botocore DynamoDB client like `aisix.store.make_client`'s, with short time-outs for tests."""
+def dynamodb_client(endpoint: str, attempts: int = 1, timeout: float = 1.5) -> Any:
+    """A botocore DynamoDB client like `aisix.store.make_client`'s, one attempt by default. The
+    time-out is what a silent DynamoDB costs a test; a healthy call must also fit in it on a
+    machine whose cores are busy, hence not shorter."""
     config = Config(
         region_name="us-east-1",
         max_pool_connections=32,

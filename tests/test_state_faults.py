@@ -3,7 +3,7 @@ configured policy, token charges are retried and never lost silently.
 
 The gateway talks to a faulty endpoint in front of moto (`faultkit.DynamoFaults`) that answers
 as DynamoDB does when throttled, or never answers (for 30 s), or is not there at all. Its botocore
-client has 0.5 s time-outs and one attempt; production uses `aisix.store.make_client` (1 s
+client has 1.5 s time-outs and one attempt; production uses `aisix.store.make_client` (1 s
 time-outs, 2 attempts). "Promptly" is checked as an order of events, not a duration: the client
 (10 s time-out) has its answer while the silent DynamoDB call is still hanging.
 """
