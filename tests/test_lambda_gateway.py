@@ -40,6 +40,7 @@ def function(request, tmp_path, store, upstream):
         request.addfinalizer(filler.close)
         black_hole = f"http://127.0.0.1:{server.getsockname()[1]}/v1"
     gated = request.getfixturevalue("gated_upstream")(5) if overrides.pop("_gated", False) else None
+    extra_models = overrides.pop("_models", "")
     models.write_text(
         "models:\n"
         "  - name: my-gpt4-mini\n"
@@ -48,6 +49,7 @@ def function(request, tmp_path, store, upstream):
         "    timeout: 5\n"
         + (f"  - {{name: black-hole, model: m, base_url: '{black_hole}', timeout: 30}}\n" if black_hole else "")
         + (f"  - {{name: gated, model: m, base_url: '{gated.base_url}', timeout: 30}}\n" if gated else "")
+        + (extra_models(request) if callable(extra_models) else extra_models)
     )
     with EmulatorThread() as emu:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AISIX_", "AWS_LAMBDA_"))}
@@ -69,6 +71,7 @@ def function(request, tmp_path, store, upstream):
             headers = [("host", "abc.lambda-url.us-east-1.on.aws"), ("content-type", "application/json")]
             if secret:
                 headers.append(("authorization", f"Bearer {secret}"))
+            headers.extend(options.pop("headers", []))
             method = "POST" if body is not None else "GET"
             raw = json.dumps(body).encode() if body is not None else b""
             event = function_url_event(method, path, headers, raw, source_ip="203.0.113.9", url_id="abc",
@@ -256,3 +259,60 @@ def test_anthropic_messages_stream_through_the_runtime_translated(function, stor
     key_id = key_id_for(hash_key(secret))
     assert eventually(lambda: store.read_window(key_id).tokens > 0)
     assert inv.error is None
+
+
+def _provider_mocks(request) -> str:
+    """Anthropic and Gemini mocks on loopback, as models-file entries (stopped after the test)."""
+    from aisix.local.mocks.anthropic import AnthropicMock
+    from aisix.local.mocks.gemini import GeminiMock
+    from conftest import ServerThread
+
+    anthropic, gemini = ServerThread(AnthropicMock()).start(), ServerThread(GeminiMock(api_key="g-key")).start()
+    request.addfinalizer(anthropic.stop)
+    request.addfinalizer(gemini.stop)
+    os.environ.setdefault("TEST_GEMINI_KEY", "g-key")
+    os.environ.setdefault("TEST_ANTHROPIC_KEY", "a-key")
+    return (f"  - {{name: claude, provider: anthropic, model: claude-sonnet-4-5, base_url: '{anthropic.url}', "
+            "api_key_env: TEST_ANTHROPIC_KEY, timeout: 10}\n"
+            f"  - {{name: gemini, provider: gemini, model: gemini-2.5-flash, base_url: '{gemini.url}', "
+            "api_key_env: TEST_GEMINI_KEY, timeout: 10}\n")
+
+
+def _events(inv) -> list[tuple[str | None, dict]]:
+    """(event name, data) of every SSE event the runtime wrote after the prelude."""
+    out = []
+    for chunk in inv.chunks[1:]:
+        for block in chunk.data.decode().split("\n\n"):
+            name = next((line[7:] for line in block.split("\n") if line.startswith("event: ")), None)
+            data = "\n".join(line[6:] for line in block.split("\n") if line.startswith("data: "))
+            if data and data != "[DONE]":
+                out.append((name, json.loads(data)))
+    return out
+
+
+@pytest.mark.parametrize("function", [{"_models": _provider_mocks}], indirect=True)
+def test_every_protocol_streams_through_the_runtime(function, store):
+    """Each client protocol on the Lambda streaming path, passed through and translated."""
+    secret, _ = issue_key(store, "lambda", tpm=1_000_000)
+    prompt = [{"role": "user", "content": "Tell me a story"}]
+    # Anthropic client → Anthropic (pass-through), with Claude Code's query and beta header.
+    inv = function({"model": "claude", "max_tokens": 100, "stream": True, "messages": prompt}, secret,
+                   path="/v1/messages?beta=true", headers=[("anthropic-beta", "claude-code-20250219")])
+    names = [name for name, _ in _events(inv)]
+    assert inv.prelude["statusCode"] == 200 and names[0] == "message_start" and names[-1] == "message_stop"
+    # OpenAI chat client → Anthropic (translated).
+    inv = function({"model": "claude", "stream": True, "messages": prompt}, secret)
+    events = _events(inv)
+    assert "".join(e["choices"][0]["delta"].get("content") or "" for _, e in events if e.get("choices"))
+    assert inv.payload.endswith(b"data: [DONE]\n\n")
+    # Responses client → Gemini (translated).
+    inv = function({"model": "gemini", "stream": True, "input": "Tell me a story"}, secret, path="/v1/responses")
+    types = [e["type"] for _, e in _events(inv)]
+    assert types[0] == "response.created" and types[-1] == "response.completed"
+    assert "response.output_text.delta" in types
+    # Embeddings → Gemini (translated, buffered answer through the streaming door).
+    inv = function({"model": "gemini", "input": ["a", "b"]}, secret, path="/v1/embeddings")
+    answer = json.loads(inv.payload)
+    assert [d["index"] for d in answer["data"]] == [0, 1] and answer["data"][0]["embedding"]
+    key_id = key_id_for(hash_key(secret))
+    assert eventually(lambda: store.read_window(key_id).requests >= 4)
