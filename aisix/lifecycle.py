@@ -80,15 +80,15 @@ class Lifecycle:
         try:
             key = await gw.authenticate(dialect.credentials(request.headers))
             body = await read_json(request, gw.settings.max_body_bytes)
-            model_name = body.get("model")
-            if not isinstance(model_name, str) or not model_name:
-                raise bad_request("model: a model name (a string) is required.", param="model")
+            # count_tokens takes no max_tokens; the dialect's request rules want one. The rules are
+            # checked here as on /v1/messages: to_chat trusts them (no 500 for a missing 'messages').
+            probe = {**body, "max_tokens": 1, "stream": False}
+            model_name, _ = dialect.validate(probe)
             model = gw.config.models.get(model_name)
             call = Call(key=key, model_name=model_name, body=body, stream=False, dialect=dialect.name, model=model)
             await gw.validate_model(call)
             assert call.model is not None
-            # count_tokens takes no max_tokens; the dialect's request rules want one.
-            chat = dialect.to_chat({**body, "max_tokens": body.get("max_tokens") or 1, "stream": False})
+            chat = dialect.to_chat(probe)
             provider = gw.providers[call.model.name]
             if "count_tokens" in provider.serves:
                 upstream = provider.count_tokens_request(gw.client, chat)

@@ -352,6 +352,40 @@ def test_unknown_keys_are_refused_and_never_echoed(runner, echo_gateway, token):
     assert token not in response.text
 
 
+# Found by the schemathesis run below, kept as examples: JSON Schema's integer takes 64.0, and
+# count_tokens checks the Messages rules before reading the request.
+def test_a_whole_number_written_as_a_float_is_an_integer(runner, echo_gateway):
+    async def call() -> list[httpx.Response]:
+        async with echo_gateway.client() as client:
+            return [
+                await client.post("/v1/embeddings", json={"model": "m", "input": "hi", "dimensions": 64.0},
+                                  headers=AUTH),
+                await client.post("/v1/embeddings", json={"model": "m", "input": "hi", "dimensions": 64.5},
+                                  headers=AUTH),
+                await client.post("/v1/messages", headers={"x-api-key": "sk-aisix-all"}, json={
+                    "model": "m", "max_tokens": 16.0, "messages": [{"role": "user", "content": "hi"}]}),
+            ]
+
+    whole, fraction, messages = runner.run(call())
+    assert whole.status_code == 200, whole.text
+    assert fraction.status_code == 400 and fraction.json()["error"]["param"] == "dimensions"
+    assert messages.status_code == 200, messages.text
+    sent = echo_gateway.seen[-1]["body"]["max_tokens"]
+    assert sent == 16 and type(sent) is int  # translated: written as an integer
+
+
+@pytest.mark.parametrize("body", [{"model": "m"}, {"model": "m", "messages": "hi"}, {"model": "m", "messages": [1]}])
+def test_count_tokens_refuses_a_malformed_request_in_anthropics_words(runner, echo_gateway, body):
+    async def call() -> httpx.Response:
+        async with echo_gateway.client() as client:
+            return await client.post("/v1/messages/count_tokens", json=body, headers={"x-api-key": "sk-aisix-all"})
+
+    response = runner.run(call())
+    assert response.status_code == 400, response.text
+    error = response.json()
+    assert error["type"] == "error" and error["error"]["message"].startswith("messages")
+
+
 # --- schemathesis against GET /openapi.json -------------------------------------------------------
 
 schemathesis = pytest.importorskip("schemathesis")
@@ -391,17 +425,79 @@ def test_the_openapi_description_is_served(fuzz_gateway):
     assert httpx.get(url + "/openapi.json").json() == json.loads(json.dumps(openapi_document()))
 
 
+# The fuzz gateway's models are OpenAI-compatible, so these operations are translated calls: a
+# request that passes the dialect's rules (the document) may still name a field the provider cannot
+# express, a 400. That 400 must name a field of the request (`a_refusal_names_a_field_of_the_request`).
+TRANSLATED = r"^/(v1/)?responses$|^/v1/messages"
+UNVERSIONED = r"^/(chat/completions|responses|embeddings|models)"
+POSITIVE_STATUSES = ["2xx", "3xx", "401", "403", "404", "409", "429", "5xx"]
+
 # Loaded from the document the app serves (checked equal above): schemathesis' lazy fixture
 # loader does not run on pytest 9.
-schema = schemathesis.openapi.from_dict(
-    __import__("aisix.openapi", fromlist=["openapi_document"]).openapi_document(),
-    config=SchemathesisConfig.from_dict({"generation": {"mode": "all", "max-examples": 25}}),
-)
+DOCUMENT = __import__("aisix.openapi", fromlist=["openapi_document"]).openapi_document()
+CONFIG = SchemathesisConfig.from_dict({
+    "generation": {"mode": "all", "max-examples": 25},
+    "operations": [
+        {
+            "include-path-regex": TRANSLATED,
+            "checks": {"positive_data_acceptance": {"expected-statuses": [*POSITIVE_STATUSES, "400"]}},
+        },
+        # The unversioned aliases route to the same endpoints: a few examples show the route.
+        {"include-path-regex": UNVERSIONED, "generation": {"max-examples": 5}},
+    ],
+})
 
 
-@schema.parametrize()
-@settings(deadline=None, suppress_health_check=list(HealthCheck), database=None)
-def test_the_gateway_matches_its_openapi_description(case, fuzz_gateway):
+def field_root(path: str) -> str:
+    """``messages.0.content`` / ``input[2].type=x`` / ``'tools'`` -> the request's top-level key."""
+    return path.strip("'\"").split(".")[0].split("[")[0].split("=")[0]
+
+
+def a_refusal_names_a_field_of_the_request(case: Any, response: Any) -> None:
+    """A 400 for a schema-valid body on a translated call names the field it refuses."""
+    if response.status_code != 400 or not isinstance(case.body, dict):
+        return
+    meta = case.meta
+    if meta is None or not meta.generation.mode.is_positive:
+        return
+    body = response.json()
+    if body.get("type") == "error":  # Anthropic's shape: the field leads the message
+        message = body["error"]["message"]
+        named = {field_root(word) for word in message.replace(":", " ").split()}
+    else:
+        named = {field_root(body["error"]["param"] or "")}
+    assert named & set(case.body), f"a 400 that names no field of the request: {body}"
+
+
+def check_against_the_description(case: Any, fuzz_gateway: tuple[str, str]) -> None:
     url, secret = fuzz_gateway
-    response = case.call_and_validate(base_url=url, headers={"Authorization": f"Bearer {secret}"}, timeout=10)
+    # Both ways a client may present a key (x-api-key wins on Anthropic's routes, as Claude Code sends
+    # either): schemathesis then probes each route without, and with a wrong, key.
+    headers = {"Authorization": f"Bearer {secret}", "x-api-key": secret}
+    dimensions = case.body.get("dimensions") if isinstance(case.body, dict) else None
+    if case.path.endswith("/embeddings") and isinstance(dimensions, (int, float)) and dimensions > 64:
+        case.body["dimensions"] = 64  # still valid; the mock would build a vector that long
+    response = case.call_and_validate(base_url=url, headers=headers, timeout=10)
     assert UPSTREAM_KEY not in response.text
+    a_refusal_names_a_field_of_the_request(case, response)
+
+
+def _operation_test(path: str, method: str, operation: dict[str, Any]) -> Any:
+    """A schemathesis test of one operation (a document with only it: `schema.include` does not filter)."""
+    alone = {**DOCUMENT, "paths": {path: {method: operation}}}
+
+    @schemathesis.openapi.from_dict(alone, config=CONFIG).parametrize()
+    @settings(deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    def test(case, fuzz_gateway):
+        check_against_the_description(case, fuzz_gateway)
+
+    return test
+
+
+# One test function per operation, so each has its own node id: schemathesis' items for one
+# function share theirs on pytest 9, and pytest-xdist (`make test` runs -n 2) then ran only one.
+for _path, _item in DOCUMENT["paths"].items():
+    for _method, _operation in _item.items():
+        globals()[f"test_the_gateway_matches_its_openapi_description_{_operation['operationId']}"] = (
+            _operation_test(_path, _method, _operation)
+        )

@@ -177,6 +177,8 @@ class AnthropicMessagesDialect(Dialect):
         max_tokens = body.get("max_tokens")
         if max_tokens is None:
             raise _invalid("max_tokens", "Field required")
+        if isinstance(max_tokens, float) and max_tokens.is_integer():
+            max_tokens = int(max_tokens)  # 1024.0 is a whole number in JSON, as Anthropic's API takes it
         if not isinstance(max_tokens, int) or isinstance(max_tokens, bool):
             raise _invalid("max_tokens", "Input should be a valid integer")
         if max_tokens < 1:
@@ -207,7 +209,7 @@ class AnthropicMessagesDialect(Dialect):
             tools=tools,
             tool_choice=choice,
             tool_choice_name=choice_name,
-            max_tokens=body.get("max_tokens"),
+            max_tokens=None if body.get("max_tokens") is None else int(body["max_tokens"]),
             temperature=_number(body, "temperature"),
             top_p=_number(body, "top_p"),
             stop=_stop_sequences(body.get("stop_sequences")),

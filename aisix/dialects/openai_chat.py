@@ -140,9 +140,12 @@ def number(body: dict[str, Any], name: str) -> float | None:
 
 
 def positive_int(body: dict[str, Any], name: str) -> int | None:
+    """A positive whole number; ``5.0`` counts (JSON, and JSON Schema's ``integer``, make no difference)."""
     value = body.get(name)
     if value is None:
         return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise bad_request(f"'{name}' must be a positive integer.", param=name)
     return value
