@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -18,6 +19,10 @@ from conftest import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# What local mode serves (aisix/local/models.local.yaml), each alias on its provider's mock.
+LOCAL_MODELS = ["my-gpt4-mini", "my-claude", "my-gemini", "my-azure", "my-nova", "my-embeddings"]
+PROVIDER_MOCKS = ["aisix.local.mocks.anthropic", "aisix.local.mocks.gemini", "aisix.local.mocks.azure",
+                  "aisix.local.mocks.bedrock"]
 SEED_REQUEST = {
     "model": "my-gpt4-mini",
     "messages": [{"role": "user", "content": "Tell me a long story about a brave little API gateway."}],
@@ -140,13 +145,50 @@ def test_the_openai_sdk_works_against_make_run(local_gateway):
         model="my-gpt4-mini", messages=[{"role": "user", "content": "Hello"}], extra_body={"mock": {"words": 5}}
     )
     assert completion.choices[0].message.content == "Once upon a time, a"
-    assert [m.id for m in client.models.list().data] == ["my-gpt4-mini"]
+    assert sorted(m.id for m in client.models.list().data) == sorted(LOCAL_MODELS), "the demo key may use them all"
+
+
+def test_the_anthropic_sdk_reaches_the_anthropic_mock_through_make_run(local_gateway):
+    """/v1/messages with the demo key as x-api-key: passed through to the Anthropic mock, streamed and not."""
+    url, _ = local_gateway
+    client = anthropic.Anthropic(api_key="my-secret-key", base_url=url, max_retries=0)
+    prompt = [{"role": "user", "content": "Hello #mock words=5"}]
+    message = client.messages.create(model="my-claude", max_tokens=64, messages=prompt)
+    assert message.model == "claude-sonnet-4-5", "the Anthropic mock answered (the upstream's model id)"
+    assert message.content[0].text == "Once upon a time, a"
+    assert message.stop_reason == "end_turn" and message.usage.input_tokens > 0
+    with client.messages.stream(model="my-claude", max_tokens=64, messages=prompt) as stream:
+        assert stream.get_final_text() == "Once upon a time, a"
+    count = client.messages.count_tokens(model="my-claude", messages=prompt)
+    assert count.input_tokens > 0
+
+
+def test_the_openai_sdk_gets_embeddings_through_make_run(local_gateway):
+    url, _ = local_gateway
+    client = openai.OpenAI(api_key="my-secret-key", base_url=url + "/v1", max_retries=0)
+    answer = client.embeddings.create(model="my-embeddings", input=["a brave little gateway", "a mock"])
+    assert [item.index for item in answer.data] == [0, 1]
+    first, second = (item.embedding for item in answer.data)
+    assert len(first) == len(second) > 0 and first != second
+    assert answer.usage.prompt_tokens > 0
+    again = client.embeddings.create(model="my-embeddings", input="a brave little gateway")
+    assert again.data[0].embedding == first, "the same text, the same vector"
+
+
+@pytest.mark.parametrize("model", ["my-gemini", "my-azure", "my-nova"])
+def test_every_local_provider_answers_the_openai_sdk(local_gateway, model):
+    url, _ = local_gateway
+    client = openai.OpenAI(api_key="my-secret-key", base_url=url + "/v1", max_retries=0)
+    completion = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "Hello #mock words=5"}]
+    )
+    assert completion.choices[0].message.content == "Once upon a time, a"
 
 
 def test_the_log_says_the_upstream_is_a_mock_and_prints_the_demo_key(local_gateway):
     """And Ctrl-C (SIGINT to the terminal's whole process group) stops everything, charges written first."""
     url, process = local_gateway
-    children = children_running(process, "moto.server", "aisix.local.mock_upstream")
+    children = children_running(process, "moto.server", "aisix.local.mock_upstream", *PROVIDER_MOCKS)
     os.killpg(process.pid, signal.SIGINT)
     output, _ = process.communicate(timeout=30)
     assert "MOCK" in output and "not a real model" in output
@@ -162,7 +204,7 @@ LAMBDA_RUNTIME = "aisix.lambda_runtime"
 @pytest.mark.parametrize("path", ["serve", "lambda"])
 def test_sigterm_stops_everything_it_started(path):
     """uvicorn re-raises SIGTERM once it has shut down: moto, the mock (and the runtime) must not outlive it."""
-    modules = ["moto.server", "aisix.local.mock_upstream"] + ([LAMBDA_RUNTIME] if path == "lambda" else [])
+    modules = ["moto.server", "aisix.local.mock_upstream", *PROVIDER_MOCKS] + ([LAMBDA_RUNTIME] if path == "lambda" else [])
     process, url = start_local(*(["--lambda"] if path == "lambda" else []))
     children: dict[int, str] = {}
     try:

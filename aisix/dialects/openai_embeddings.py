@@ -23,7 +23,7 @@ from ..auth import bearer_token
 from ..call import TokenUsage
 from ..errors import bad_request
 from ..translate.neutral import EmbeddingsRequest, EmbeddingsResponse, unsupported
-from ..usage import usage_from_dict
+from ..usage import estimate_prompt_tokens, usage_from_dict
 from .base import Dialect
 from .openai_chat import positive_int
 
@@ -70,12 +70,14 @@ class OpenAIEmbeddingsDialect(Dialect):
             for index, vector in enumerate(answer.vectors)
         ]
         usage = answer.usage or call.usage
-        prompt = usage.prompt_tokens if usage is not None else 0
+        if usage is None:  # the provider reports none (Gemini): the estimate the key is charged (settle_usage)
+            estimate = estimate_prompt_tokens(call.body)
+            usage = TokenUsage(estimate, 0, estimate)
         return {
             "object": "list",
             "data": data,
             "model": call.model_name,
-            "usage": {"prompt_tokens": prompt, "total_tokens": usage.total_tokens if usage is not None else 0},
+            "usage": {"prompt_tokens": usage.prompt_tokens, "total_tokens": usage.total_tokens},
         }
 
 

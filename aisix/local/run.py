@@ -1,10 +1,13 @@
 """``make run``: the gateway on http://localhost:3000 with no AWS account and no Docker.
 
-With ``--local`` it starts, as child processes, moto's DynamoDB server and
-(unless ``OPENAI_API_KEY`` is set) the mock upstream; creates the tables;
-creates the demo key ``my-secret-key``; and serves the gateway with uvicorn.
-Without ``--local`` it only serves the gateway, configured from the
-environment like a deployment.
+With ``--local`` it starts, as child processes, moto's DynamoDB server, the
+OpenAI-compatible mock upstream (unless ``OPENAI_API_KEY`` is set) and the
+mocks of Anthropic, Gemini, Azure OpenAI and Bedrock (aisix/local/mocks/);
+serves the models of aisix/local/models.local.yaml (one alias per provider,
+unless ``AISIX_CONFIG`` names another file); creates the tables and the demo
+key ``my-secret-key``, which may use every one of those aliases; and serves
+the gateway with uvicorn. Without ``--local`` it only serves the gateway,
+configured from the environment like a deployment.
 
 ``make sam-local-deps`` (`serve_deps`) starts only moto and the mock upstream,
 on fixed ports and an address a container can reach, for ``sam local start-api``.
@@ -25,7 +28,8 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -34,6 +38,29 @@ DEMO_MODEL = "my-gpt4-mini"
 # The mock ignores credentials; a value keeps the config check ("api_key_env names an
 # unset variable") for the real upstreams it exists for.
 MOCK_UPSTREAM_KEY = "unused-by-the-mock-upstream"
+# Local mode's models: one alias per provider, each on its mock (AISIX_CONFIG, if set, wins).
+LOCAL_MODELS_FILE = Path(__file__).with_name("models.local.yaml")
+# Local mode's AWS credentials (moto takes any; the Bedrock mock checks SigV4 signatures made with them).
+LOCAL_AWS_KEY = "local"
+
+
+@dataclass(frozen=True)
+class ProviderMock:
+    """A provider's loopback mock, as local mode serves it: where the models file finds it, how it starts."""
+
+    name: str  # as the log says it
+    module: str  # ``python -m`` this, with --host and --port
+    url_env: str  # the base URL, for models.local.yaml
+    args: tuple[str, ...] = ()
+
+
+PROVIDER_MOCKS = (
+    ProviderMock("Anthropic", "aisix.local.mocks.anthropic", "AISIX_LOCAL_ANTHROPIC_URL"),
+    ProviderMock("Gemini", "aisix.local.mocks.gemini", "AISIX_LOCAL_GEMINI_URL"),
+    ProviderMock("Azure OpenAI", "aisix.local.mocks.azure", "AISIX_LOCAL_AZURE_URL"),
+    ProviderMock("Bedrock", "aisix.local.mocks.bedrock", "AISIX_LOCAL_BEDROCK_URL", ("--secret-key", LOCAL_AWS_KEY)),
+)
+MOCK_PACE = ("--delay", "0.04", "--words", "120")  # a model-like pace for streamed answers
 
 # `make sam-local-deps`: fixed ports, so the checked-in env.json can name them.
 SAM_DEPS_DYNAMODB_PORT = 3005
@@ -137,19 +164,28 @@ def stop_child(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
-def start_child(
-    stack: ExitStack, signals: StopOnSignals, args: list[str], url: str, what: str, quiet: bool = False
+def spawn_child(
+    stack: ExitStack, signals: StopOnSignals, args: list[str], quiet: bool = False, quiet_stdout: bool = False
 ) -> subprocess.Popen[bytes]:
-    """Start ``python args...`` and wait until ``url`` answers; it is stopped when ``stack`` closes.
+    """Start ``python args...``; it is stopped when ``stack`` closes.
 
     The child gets its own process group: Ctrl-C in a terminal signals the whole
     foreground group, and moto must outlive the gateway's shutdown (which writes
     pending token charges to it); this process stops it afterwards.
     """
-    output = subprocess.DEVNULL if quiet else None
+    stdout = subprocess.DEVNULL if quiet or quiet_stdout else None
+    stderr = subprocess.DEVNULL if quiet else None
     with signals.shielded():
-        process = subprocess.Popen([sys.executable, *args], stdout=output, stderr=output, process_group=0)
+        process = subprocess.Popen([sys.executable, *args], stdout=stdout, stderr=stderr, process_group=0)
         stack.callback(stop_child, process)
+    return process
+
+
+def start_child(
+    stack: ExitStack, signals: StopOnSignals, args: list[str], url: str, what: str, quiet: bool = False
+) -> subprocess.Popen[bytes]:
+    """`spawn_child`, then wait until ``url`` answers."""
+    process = spawn_child(stack, signals, args, quiet)
     wait_for(url, process, what)
     return process
 
@@ -164,6 +200,8 @@ class LocalStack:
     dynamodb_endpoint: str
     upstream_url: str | None  # the mock's /v1 address, when one was started
     children: list[subprocess.Popen[bytes]]
+    provider_urls: dict[str, str] = field(default_factory=dict)  # provider mock name -> base URL
+    demo_models: frozenset[str] = frozenset({DEMO_MODEL})  # what the demo key may use
 
 
 def prepare_local(
@@ -174,15 +212,17 @@ def prepare_local(
     dynamodb_port: int | None = None,
     upstream_port: int | None = None,
     mock: bool | None = None,
+    every_provider: bool = True,
 ) -> LocalStack:
     """Start moto and the mock upstream, point the environment at them, seed the demo key.
 
-    ``mock=None`` starts the mock unless ``OPENAI_API_KEY`` is set.
+    ``mock=None`` starts the mock unless ``OPENAI_API_KEY`` is set. ``every_provider``
+    also starts the other providers' mocks and serves models.local.yaml.
     """
     env = os.environ
     for name, value in (
-        ("AWS_ACCESS_KEY_ID", "local"),
-        ("AWS_SECRET_ACCESS_KEY", "local"),
+        ("AWS_ACCESS_KEY_ID", LOCAL_AWS_KEY),
+        ("AWS_SECRET_ACCESS_KEY", LOCAL_AWS_KEY),
         ("AWS_REGION", env.get("AWS_REGION", "us-east-1")),
     ):
         env[name] = value
@@ -219,6 +259,15 @@ def prepare_local(
         print(f"Upstream: MOCK{why}. Answers are canned text streamed at")
         print(f"          a model-like pace from http://{host}:{mock_port}/v1 - not a real model.")
 
+    provider_urls = {}
+    demo_models = frozenset({DEMO_MODEL})
+    if every_provider:
+        provider_urls = start_provider_mocks(stack, signals, host, children)
+        env.setdefault("AISIX_CONFIG", str(LOCAL_MODELS_FILE))
+        from ..config import model_names
+
+        demo_models = model_names(LOCAL_MODELS_FILE, env)
+
     from ..auth import hash_key, issue_key
     from ..config import Settings
     from ..store import Store, make_client
@@ -230,8 +279,69 @@ def prepare_local(
     ), settings.keys_table, settings.counters_table)
     store.create_tables()
     if store.get_key(hash_key(DEMO_KEY)) is None:
-        issue_key(store, "local demo", frozenset({DEMO_MODEL}), rpm=60, tpm=100_000, secret=DEMO_KEY)
-    return LocalStack(endpoint, upstream_url, children)
+        issue_key(store, "local demo", demo_models, rpm=60, tpm=100_000, secret=DEMO_KEY)
+    return LocalStack(endpoint, upstream_url, children, provider_urls, demo_models)
+
+
+def demo_banner(port: int, models: frozenset[str]) -> str:
+    """What a new user needs: the demo key, its models, and one call per endpoint to copy."""
+    import yaml
+
+    url = f"http://localhost:{port}"
+    entries = yaml.safe_load(LOCAL_MODELS_FILE.read_text())["models"]
+    providers = {entry["name"]: entry.get("provider", "openai") for entry in entries}
+    ordered = [name for name in providers if name in models] + sorted(models - set(providers))
+    names = ", ".join(f"{name} ({providers[name]})" if name in providers else name for name in ordered)
+    lines = [
+        f"Demo key (local mode only): {DEMO_KEY}  (60 RPM, 100k TPM) may use: {names}",
+        "",
+        f"  curl -N {url}/v1/chat/completions \\",
+        f'    -H "Authorization: Bearer {DEMO_KEY}" -H "Content-Type: application/json" \\',
+        f"    -d '{{\"model\": \"{DEMO_MODEL}\", \"messages\": [{{\"role\": \"user\", "
+        f"\"content\": \"Tell me a story\"}}], \"stream\": true}}'",
+    ]
+    if "my-claude" in models:
+        lines += [
+            "",
+            f"  curl -N {url}/v1/messages -H \"x-api-key: {DEMO_KEY}\" -H \"anthropic-version: 2023-06-01\" \\",
+            "    -H \"Content-Type: application/json\" -d '{\"model\": \"my-claude\", \"max_tokens\": 256, "
+            "\"stream\": true, \"messages\": [{\"role\": \"user\", \"content\": \"Hello\"}]}'",
+        ]
+    if "my-embeddings" in models:
+        lines += [
+            "",
+            f"  curl {url}/v1/embeddings -H \"Authorization: Bearer {DEMO_KEY}\" "
+            "-H \"Content-Type: application/json\" \\",
+            "    -d '{\"model\": \"my-embeddings\", \"input\": \"a brave little gateway\"}'",
+        ]
+    lines += [
+        "",
+        "Every model serves /v1/chat/completions, /v1/responses, /v1/messages and /v1/messages/count_tokens;",
+        "/v1/embeddings takes my-embeddings. The README lists every endpoint and provider.",
+    ]
+    return "\n".join(lines)
+
+
+def start_provider_mocks(
+    stack: ExitStack, signals: StopOnSignals, host: str, children: list[subprocess.Popen[bytes]]
+) -> dict[str, str]:
+    """Start every `PROVIDER_MOCKS` entry at once, then wait for each; set the addresses models.local.yaml reads."""
+    reach = _client_host(host)
+    started = []
+    for mock in PROVIDER_MOCKS:
+        port = free_port()
+        process = spawn_child(stack, signals, ["-m", mock.module, "--host", host, "--port", str(port), *MOCK_PACE,
+                                               *mock.args], quiet_stdout=True)  # fmt: skip
+        children.append(process)
+        started.append((mock, process, f"http://{reach}:{port}"))
+    urls = {}
+    for mock, process, url in started:
+        wait_for(url + "/", process, f"{mock.name} mock")
+        os.environ[mock.url_env] = urls[mock.name] = url
+    os.environ.setdefault("AISIX_LOCAL_MOCK_KEY", MOCK_UPSTREAM_KEY)
+    print(f"Upstreams: MOCKS of {', '.join(urls)} (aisix/local/mocks/) on loopback ports "
+          f"{', '.join(url.rsplit(':', 1)[1] for url in urls.values())} - canned answers, not real models.")
+    return urls
 
 
 def check_config() -> None:
@@ -256,11 +366,12 @@ def serve_lambda(local: bool, port: int) -> int:
 
     with stop_on_signals() as signals, ExitStack() as stack:
         if local:
-            prepare_local(stack, signals)
+            stack_info = prepare_local(stack, signals)
             os.environ.setdefault("AWS_LAMBDA_FUNCTION_NAME", "aisix-local")
         check_config()  # the runtime process would only crash, and be restarted, every second
         if local:
-            print(f"\nLambda function URL emulation on http://localhost:{port} (demo key: {DEMO_KEY})\n")
+            print(f"\nLambda function URL emulation on http://localhost:{port}")
+            print(demo_banner(port, stack_info.demo_models) + "\n", flush=True)
         try:
             return emulator(["--port", str(port), "--app", "handler:app"])
         finally:
@@ -273,19 +384,14 @@ def serve(local: bool, host: str, port: int) -> int:
     import uvicorn
 
     with stop_on_signals() as signals, ExitStack() as stack:
-        if local:
-            prepare_local(stack, signals)
+        demo_models = prepare_local(stack, signals).demo_models if local else frozenset()
         from ..app import create_app
 
         app = create_app()
         print(f"\nAISIX gateway on http://localhost:{port}")
         if local:
-            print(f"Demo key (local mode only): {DEMO_KEY}  (may use '{DEMO_MODEL}', 60 RPM, 100k TPM)\n")
-            print(f"  curl -N http://localhost:{port}/v1/chat/completions \\")
-            print(f'    -H "Authorization: Bearer {DEMO_KEY}" -H "Content-Type: application/json" \\')
-            print(f"    -d '{{\"model\": \"{DEMO_MODEL}\", \"messages\": [{{\"role\": \"user\", "
-                  f"\"content\": \"Tell me a story\"}}], \"stream\": true}}'\n")
-            print("Stop with Ctrl-C (or SIGTERM): moto and the mock upstream stop with it.\n")
+            print(demo_banner(port, demo_models) + "\n")
+            print("Stop with Ctrl-C (or SIGTERM): moto and the mock upstreams stop with it.\n")
         uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
     return 0
 
@@ -313,7 +419,8 @@ def serve_deps(host: str, dynamodb_port: int, upstream_port: int) -> int:
     """moto and the mock upstream on fixed ports, tables and demo key made, until a signal."""
     with stop_on_signals() as signals, ExitStack() as stack:
         local = prepare_local(
-            stack, signals, host=host, dynamodb_port=dynamodb_port, upstream_port=upstream_port, mock=True
+            stack, signals, host=host, dynamodb_port=dynamodb_port, upstream_port=upstream_port, mock=True,
+            every_provider=False,  # env.json and the Lambda package serve models.yaml: my-gpt4-mini
         )
         region = os.environ["AWS_REGION"]
         print(f"\nTables and the demo key '{DEMO_KEY}' (model '{DEMO_MODEL}') are in moto, region {region}.")

@@ -251,11 +251,14 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8084)
     parser.add_argument("--key", default=None, help="the only api-key accepted (default: any)")
+    parser.add_argument("--words", type=int, default=8, help="words per answer")
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds between stream events")
     args = parser.parse_args()
     import uvicorn
 
     print(f"MOCK Azure OpenAI on http://{args.host}:{args.port} — canned answers, not a real model", flush=True)
-    uvicorn.run(AzureOpenAIMock(args.key), host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(AzureOpenAIMock(args.key, args.words, args.delay), host=args.host, port=args.port,
+                log_level="warning")
 
 
 if __name__ == "__main__":

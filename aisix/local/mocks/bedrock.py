@@ -290,8 +290,11 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8082)
     parser.add_argument("--secret-key", default=None, help="verify SigV4 signatures made with this secret")
+    parser.add_argument("--words", type=int, default=8, help="words per answer")
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds between stream events")
     args = parser.parse_args()
-    uvicorn.run(BedrockMock(secret_key=args.secret_key), host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(BedrockMock(secret_key=args.secret_key, words=args.words, delay=args.delay), host=args.host,
+                port=args.port, log_level="warning")
 
 
 if __name__ == "__main__":
