@@ -203,8 +203,9 @@ LAMBDA_RUNTIME = "aisix.lambda_runtime"
 
 @pytest.mark.parametrize("path", ["serve", "lambda"])
 def test_sigterm_stops_everything_it_started(path):
-    """uvicorn re-raises SIGTERM once it has shut down: moto, the mock (and the runtime) must not outlive it."""
-    modules = ["moto.server", "aisix.local.mock_upstream", *PROVIDER_MOCKS] + ([LAMBDA_RUNTIME] if path == "lambda" else [])
+    """uvicorn re-raises SIGTERM once it has shut down: moto, the mocks (and the runtime) must not outlive it."""
+    modules = ["moto.server", "aisix.local.mock_upstream", *PROVIDER_MOCKS]
+    modules += [LAMBDA_RUNTIME] if path == "lambda" else []
     process, url = start_local(*(["--lambda"] if path == "lambda" else []))
     children: dict[int, str] = {}
     try:
