@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import GatewayError, bad_request, upstream_error
 from ..providers.anthropic import EventTooLarge, MAX_EVENT_BYTES, SSEEvents, usage_from_anthropic
-from ..providers.base import in_stream_error
+from ..providers.base import failed_after, in_stream_error
 from ..translate.neutral import (
     ChatRequest,
     ChatResponse,
@@ -633,7 +633,8 @@ class AnthropicPassthrough:
     seen), ``output_chars`` (text, tool input and thinking characters relayed:
     the estimate's basis when a stream is cut before its final usage). An
     upstream ``error`` event raises `GatewayError` (the type, e.g.
-    ``overloaded_error``, is kept for the client's error frame).
+    ``overloaded_error``, is kept for the client's error frame), carrying the
+    frames that came before it in the same read (`failed_after`).
     """
 
     def __init__(self, model: "ModelConfig") -> None:
@@ -651,15 +652,18 @@ class AnthropicPassthrough:
         except EventTooLarge:
             raise upstream_error(f"The upstream sent an event larger than the gateway relays "
                                  f"({MAX_EVENT_BYTES} bytes).") from None
-        out = []
-        for raw, name, payload in events:
-            if name in ("ping", "content_block_stop", "content_block_start", "message_stop"):
-                if name == "message_stop":
-                    self.done = True
+        out: list[bytes] = []
+        try:
+            for raw, name, payload in events:
+                if name in ("ping", "content_block_stop", "content_block_start", "message_stop"):
+                    if name == "message_stop":
+                        self.done = True
+                    out.append(raw)
+                    continue
+                self._read(name, payload)
                 out.append(raw)
-                continue
-            self._read(name, payload)
-            out.append(raw)
+        except GatewayError as error:
+            raise failed_after(error, out) from None  # the frames before the error are still relayed
         return out
 
     def _read(self, name: str | None, payload: str) -> None:

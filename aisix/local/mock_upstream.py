@@ -1,7 +1,8 @@
 """A mock OpenAI-compatible upstream, for local runs, tests and benchmarks. NOT a model.
 
 It answers ``POST /v1/chat/completions`` (streamed and not) in OpenAI's
-exact response format, with canned text. A request may steer it through an
+exact response format, with canned text, and ``POST /v1/embeddings`` with
+deterministic vectors. A request may steer it through an
 extra ``mock`` object in its body (the gateway passes unknown fields
 through untouched)::
 
@@ -53,8 +54,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import hashlib
 import json
 import re
+import struct
 import time
 import uuid
 from typing import Any
@@ -134,7 +138,40 @@ class MockUpstream:
             body = await _read_body(receive)
             await self.chat(scope, body, receive, send)
             return
+        if path.endswith("/embeddings") and method == "POST":
+            await self.embeddings(scope, await _read_body(receive), send)
+            return
         await _send_json(send, 404, _error("not found", "invalid_request_error"))
+
+    async def embeddings(self, scope: dict[str, Any], raw: bytes, send: Any) -> None:
+        """``POST /v1/embeddings``: a deterministic vector per input (base64 float32 when asked, as OpenAI
+        encodes them), usage counted from the text; ``#mock status=`` and ``usage=0`` apply."""
+        body = json.loads(raw)
+        headers = {k.decode(): v.decode() for k, v in scope["headers"]}
+        if len(self.requests) < 1000:
+            self.requests.append({"headers": headers, "body": body})
+        options = mock_directive(raw)
+        if options.get("status"):
+            status = options["status"]
+            await _send_json(send, status, _error(f"mock failure {status}", "mock_error", code="mock"),
+                             [(b"retry-after", b"7")] if status == 429 else [])
+            return
+        inputs = body.get("input")
+        texts = [inputs] if isinstance(inputs, str) else [str(t) for t in inputs or []]
+        size = int(body.get("dimensions") or 8)
+        data = []
+        for index, text in enumerate(texts):
+            digest = hashlib.sha256(text.encode()).digest()
+            vector = [round(digest[i % len(digest)] / 255 - 0.5, 6) for i in range(size)]
+            encoded: Any = vector
+            if body.get("encoding_format") == "base64":
+                encoded = base64.b64encode(struct.pack(f"<{size}f", *vector)).decode()
+            data.append({"object": "embedding", "index": index, "embedding": encoded})
+        answer: dict[str, Any] = {"object": "list", "model": body.get("model", "mock"), "data": data}
+        if options.get("usage", True):
+            tokens = sum(len(t) for t in texts) // 4 + len(texts)
+            answer["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens}
+        await _send_json(send, 200, answer)
 
     async def chat(self, scope: dict[str, Any], raw: bytes, receive: Any, send: Any) -> None:
         body = json.loads(raw)

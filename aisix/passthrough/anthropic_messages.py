@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from ..dialects.anthropic_messages import AnthropicPassthrough, passthrough_usage
-from ..errors import bad_request, upstream_error
+from ..errors import GatewayError, bad_request, upstream_error
+from ..providers.base import decoded_before
 from ..providers.client import upstream_failure_error
 from ..streaming.relay import Write
 from ..streaming.sse import SSE_HEADERS
@@ -61,7 +62,18 @@ class AnthropicMessagesPassthrough:
         reader = AnthropicPassthrough(self.provider.model)
         try:
             async for raw in self.response.aiter_bytes():
-                for frame in reader.feed(raw):
+                try:
+                    frames = reader.feed(raw)
+                except GatewayError as error:
+                    # The frames before the upstream's error event are relayed, then the error.
+                    for frame in decoded_before(error):
+                        if hooks.chunk_hooks:
+                            from ..translate.bridge import frame_data
+
+                            hooks.on_chunk(call, frame_data(frame))
+                        await write(frame)
+                    raise
+                for frame in frames:
                     if hooks.chunk_hooks:
                         from ..translate.bridge import frame_data
 

@@ -42,7 +42,7 @@ from ..translate.neutral import (
     UsageReport,
 )
 from ..usage import TokenUsage
-from .base import Provider, in_stream_error, json_body, refusal
+from .base import Provider, failed_after, in_stream_error, json_body, refusal
 
 log = logging.getLogger("aisix.providers.anthropic")
 
@@ -461,8 +461,11 @@ class AnthropicStreamDecoder:
             raise upstream_error(f"The upstream for '{self.model.name}' sent an event larger than "
                                  f"{MAX_EVENT_BYTES} bytes.") from None
         out: list[StreamEvent] = []
-        for _raw, name, payload in raw_events:
-            self._event(name, payload, out)
+        try:
+            for _raw, name, payload in raw_events:
+                self._event(name, payload, out)
+        except GatewayError as error:
+            raise failed_after(error, out) from None
         return out
 
     def _event(self, name: str | None, payload: str, out: list[StreamEvent]) -> None:

@@ -35,9 +35,10 @@ class StreamDecoder(Protocol):
     """Upstream stream bytes in, neutral events out; one per call, fed in arrival order.
 
     ``feed`` raises `GatewayError` for an error the upstream reports inside the
-    stream (its own error event, an exception frame). ``done`` turns True once
-    the upstream has said the answer is complete; a stream that ends before
-    that was cut off.
+    stream (its own error event, an exception frame); the events it decoded
+    before the error in the same bytes ride on the error (`failed_after`), so
+    the relay still writes them first. ``done`` turns True once the upstream
+    has said the answer is complete; a stream that ends before that was cut off.
     """
 
     done: bool
@@ -165,6 +166,22 @@ def in_stream_error(model: ModelConfig, message: Any, type: Any = None, code: An
     text = str(message or f"The upstream for '{model.name}' reported an error mid-stream.")
     return GatewayError(502, redact(model, text), type=str(type or "api_error"),
                         code=str(code) if code is not None else "upstream_error")
+
+
+def failed_after(error: GatewayError, decoded: list[Any]) -> GatewayError:
+    """``error``, carrying what the same ``feed`` decoded before it (read back with `decoded_before`).
+
+    One read from the upstream often holds several events and then the error
+    event (a mock or a fast model sends them back to back): what came before
+    the error was sent by the upstream, so it reaches the client and is charged.
+    """
+    error.decoded = decoded  # type: ignore[attr-defined]
+    return error
+
+
+def decoded_before(error: GatewayError) -> list[Any]:
+    """The events (or frames) a decoder decoded before it raised ``error``; none if it said nothing."""
+    return getattr(error, "decoded", None) or []
 
 
 def json_body(value: Any) -> bytes:

@@ -77,7 +77,7 @@ from ..translate.neutral import (
     UsageReport,
     unsupported,
 )
-from .base import Provider, in_stream_error, json_body, refusal
+from .base import Provider, failed_after, in_stream_error, json_body, refusal
 
 log = logging.getLogger("aisix.providers.bedrock")
 
@@ -401,8 +401,10 @@ class BedrockStreamDecoder:
             for message in self._buffer:
                 self._message(message.headers, message.payload, events)
         except ParserError as exc:
-            raise in_stream_error(self.model, f"The upstream for '{self.model.name}' sent a malformed "
-                                              f"event stream ({type(exc).__name__}).") from None
+            raise failed_after(in_stream_error(self.model, f"The upstream for '{self.model.name}' sent a malformed "
+                                                           f"event stream ({type(exc).__name__})."), events) from None
+        except GatewayError as error:
+            raise failed_after(error, events) from None
         return events
 
     def _message(self, headers: Mapping[str, Any], payload: bytes, events: list[StreamEvent]) -> None:

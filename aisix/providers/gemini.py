@@ -53,7 +53,7 @@ from ..translate.neutral import (
     unsupported,
 )
 from ..usage import TokenUsage
-from .base import Provider, in_stream_error, json_body, refusal
+from .base import Provider, failed_after, in_stream_error, json_body, refusal
 
 FINISH_REASONS: dict[str, FinishReason] = {
     "STOP": "stop",
@@ -535,10 +535,12 @@ class GeminiStreamDecoder:
                 continue
             chunk = decode_chunk(payload)
             if chunk is None:
-                raise upstream_error("The upstream sent a stream event that is not a JSON object.")
+                raise failed_after(upstream_error("The upstream sent a stream event that is not a JSON object."),
+                                   events)
             if "error" in chunk:
                 error = chunk["error"] if isinstance(chunk["error"], dict) else {"message": chunk["error"]}
-                raise in_stream_error(self.model, error.get("message"), code=error.get("status") or error.get("code"))
+                raise failed_after(in_stream_error(self.model, error.get("message"),
+                                                   code=error.get("status") or error.get("code")), events)
             self._usage = usage_from_gemini(chunk.get("usageMetadata")) or self._usage
             for item in self._reader.read(chunk):
                 if isinstance(item, str):

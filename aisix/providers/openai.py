@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from ..config import ModelConfig
-from ..errors import upstream_error
+from ..errors import GatewayError, upstream_error
 from ..streaming.sse import EventTooLarge, SSEDecoder, decode_chunk
 from ..translate.neutral import (
     ChatRequest,
@@ -45,7 +45,7 @@ from ..translate.neutral import (
     unsupported,
 )
 from ..usage import TokenUsage
-from .base import Provider, in_stream_error, json_body
+from .base import Provider, failed_after, in_stream_error, json_body
 
 # OpenAI's reasoning models refuse ``max_tokens`` ("use max_completion_tokens instead").
 _REASONING_PREFIXES = ("o1", "o3", "o4", "gpt-5")
@@ -335,16 +335,19 @@ class OpenAIStreamDecoder:
         except EventTooLarge:
             raise upstream_error("The upstream sent a stream event larger than the gateway relays.") from None
         events: list[StreamEvent] = []
-        for payload in payloads:
-            if self.done or not payload:
-                continue
-            if payload.strip() == "[DONE]":
-                self.done = True
-                continue
-            chunk = decode_chunk(payload)
-            if chunk is None:
-                raise upstream_error("The upstream sent a stream event that is not a JSON object.")
-            self._chunk(chunk, events)
+        try:
+            for payload in payloads:
+                if self.done or not payload:
+                    continue
+                if payload.strip() == "[DONE]":
+                    self.done = True
+                    continue
+                chunk = decode_chunk(payload)
+                if chunk is None:
+                    raise upstream_error("The upstream sent a stream event that is not a JSON object.")
+                self._chunk(chunk, events)
+        except GatewayError as error:
+            raise failed_after(error, events) from None
         return events
 
     def _chunk(self, chunk: dict[str, Any], events: list[StreamEvent]) -> None:

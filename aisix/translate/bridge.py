@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from ..errors import GatewayError, upstream_error
+from ..providers.base import decoded_before
 from ..providers.client import upstream_failure_error
 from ..streaming.relay import Write
 from ..streaming.sse import SSE_HEADERS, EventTooLarge
@@ -57,25 +58,20 @@ class TranslatedCall:
 
     async def pump(self, write: Write) -> bytes:
         assert self.response is not None
-        call, hooks = self.call, self.pipeline
         decoder = self.provider.stream_decoder()
-        encoder = self.encoder = self.dialect.stream_encoder(call)
+        encoder = self.encoder = self.dialect.stream_encoder(self.call)
         first = encoder.start()
         if first:
             await write(first)
         try:
             async for raw in self.response.aiter_bytes():
-                for event in decoder.feed(raw):
-                    kind = type(event)
-                    if kind is TextDelta:
-                        self.completion_chars += len(event.text)  # type: ignore[union-attr]
-                    elif kind is UsageReport:
-                        call.usage = event.usage  # type: ignore[union-attr]
-                    frame = encoder.encode(event)
-                    if frame:
-                        if hooks.chunk_hooks:
-                            hooks.on_chunk(call, frame_data(frame))
-                        await write(frame)
+                try:
+                    events = decoder.feed(raw)
+                except GatewayError as error:
+                    # What the upstream sent before its error event is the client's (and charged).
+                    await self._relay(decoded_before(error), encoder, write)
+                    raise
+                await self._relay(events, encoder, write)
                 if decoder.done:
                     break
         except EventTooLarge:
@@ -91,6 +87,20 @@ class TranslatedCall:
         if not decoder.done:
             raise upstream_error("The upstream closed the stream before it was complete.")
         return encoder.end()
+
+    async def _relay(self, events: list[Any], encoder: Any, write: Write) -> None:
+        call, hooks = self.call, self.pipeline
+        for event in events:
+            kind = type(event)
+            if kind is TextDelta:
+                self.completion_chars += len(event.text)  # type: ignore[union-attr]
+            elif kind is UsageReport:
+                call.usage = event.usage  # type: ignore[union-attr]
+            frame = encoder.encode(event)
+            if frame:
+                if hooks.chunk_hooks:
+                    hooks.on_chunk(call, frame_data(frame))
+                await write(frame)
 
     async def aclose(self) -> None:
         if self.response is not None:
