@@ -181,8 +181,15 @@ class Quota:
             self._flusher = asyncio.get_running_loop().create_task(self._flush_later())
 
     async def _flush_later(self) -> None:
-        await asyncio.sleep(self.flush_seconds)
-        await self.flush()
+        # Charges that come while a flush is writing find this task still running and start no
+        # other: it goes round again for them, or they would wait for the next charge.
+        while self._pending:
+            await asyncio.sleep(self.flush_seconds)
+            await self.flush()
+
+    def idle(self) -> bool:
+        """No token charge waiting or being written (what this instance knows is up to date)."""
+        return not self._pending and (self._flusher is None or self._flusher.done())
 
     async def flush(self) -> None:
         """Write every pending token charge: retried, and logged with its amounts if lost."""

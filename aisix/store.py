@@ -75,13 +75,15 @@ def make_client(
     endpoint_url: str | None,
     region: str,
     max_connections: int = 32,
-    timeout: float = 1.0,
-    attempts: int = 2,
+    timeout: float = 10.0,
+    attempts: int = 3,
 ) -> Any:
     """The DynamoDB client. A call gives up after ``attempts`` tries of ``timeout`` seconds each.
 
-    Short by default: DynamoDB answers in milliseconds, and while it does not,
-    requests wait; better a prompt 503 (keys fail closed) than a hung client.
+    The gateway passes its own, short settings (``AISIX_DYNAMODB_TIMEOUT_SECONDS``,
+    1 s by default: DynamoDB answers in milliseconds, and while it does not,
+    requests wait; better a prompt 503 than a hung client). These patient
+    defaults are for tools: the key CLI, table set-up, tests.
     """
     config = Config(
         region_name=region,

@@ -10,6 +10,7 @@ import asyncio
 
 import httpx
 
+from aisix.hooks import RateLimitHook
 from aisix.store import make_client
 from conftest import CHAT, eventually
 
@@ -60,7 +61,9 @@ def test_tokens_charged_after_a_call_refuse_the_next_one(start_gateway, clock):
     with gw.client(secret) as client:
         first = client.post("/v1/chat/completions", json={**CHAT, "stream": True, "mock": {"words": 30}})
         assert first.status_code == 200
-        eventually(lambda: gw.window(secret).tokens)
+        limiter = next(h for h in gw.gateway.pipeline.hooks if isinstance(h, RateLimitHook))
+        # Charged after the stream has ended: wait until the gateway has written it and read the totals back.
+        eventually(lambda: gw.window(secret).tokens and limiter.quota.idle())
         refused = client.post("/v1/chat/completions", json=CHAT)
     assert refused.status_code == 429
     assert refused.json()["error"]["type"] == "tokens"

@@ -273,10 +273,10 @@ def prepare_local(
     from ..store import Store, make_client
 
     settings = Settings.from_env()
-    store = Store(make_client(
-        settings.dynamodb_endpoint, settings.region,
-        timeout=settings.dynamodb_timeout_seconds, attempts=settings.dynamodb_max_attempts,
-    ), settings.keys_table, settings.counters_table)
+    # Setting up is not serving: moto's first table creation can take seconds on a busy
+    # machine, so this client waits longer than the gateway's own (1 s) would.
+    store = Store(make_client(settings.dynamodb_endpoint, settings.region, timeout=30, attempts=3),
+                  settings.keys_table, settings.counters_table)
     store.create_tables()
     if store.get_key(hash_key(DEMO_KEY)) is None:
         issue_key(store, "local demo", demo_models, rpm=60, tpm=100_000, secret=DEMO_KEY)
