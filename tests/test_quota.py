@@ -167,3 +167,36 @@ def test_a_charge_that_cannot_be_written_is_retried_then_logged_with_its_amounts
     assert DownStore.calls == 3
     assert "key_id=key_lost" in caplog.text and "tokens=123" in caplog.text
     assert f"window={window_start(clock())}" in caplog.text
+
+
+def test_a_charge_made_while_a_flush_is_writing_is_written_too(clock):
+    """The flush in progress is the one the second charge counts on: it must not be left pending
+    until some later charge happens to start another flush."""
+
+    class GatedStore:
+        def __init__(self) -> None:
+            self.entered = asyncio.Event()
+            self.gate = asyncio.Event()
+            self.written = 0
+
+        async def add(self, key_id, window, requests=0, tokens=0, charge_id=None):
+            self.entered.set()
+            await self.gate.wait()
+            self.written += tokens
+            return type("Usage", (), {"requests": 0, "tokens": self.written})()
+
+    async def run() -> int:
+        gated = GatedStore()
+        quota = Quota(gated, flush_seconds=0.01, clock=clock)  # type: ignore[arg-type]
+        k = key(tpm=1000)
+        await quota.charge(k, 5)
+        await asyncio.wait_for(gated.entered.wait(), 10)  # the flush is writing the first charge
+        await quota.charge(k, 7)
+        gated.gate.set()
+        for _ in range(1000):  # polled, bounded: the state, not a time
+            if gated.written == 12:
+                break
+            await asyncio.sleep(0.01)
+        return gated.written
+
+    assert asyncio.run(run()) == 12
