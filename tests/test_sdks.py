@@ -10,7 +10,6 @@ import asyncio
 import json
 from typing import Any, Iterator
 
-import anthropic
 import openai
 import pytest
 
