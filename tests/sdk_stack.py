@@ -74,17 +74,24 @@ class Tap(httpx2.BaseTransport):
         inner = response.stream
 
         class Tapped(httpx2.SyncByteStream):
-            started = finished = False
+            started = finished = broken = False
 
             def __iter__(self) -> Iterator[bytes]:
                 self.started = True
-                for chunk in inner:
-                    received.extend(chunk)
-                    yield chunk
+                try:
+                    for chunk in inner:
+                        received.extend(chunk)
+                        yield chunk
+                except GeneratorExit:  # the SDK stopped reading: close() drains the rest
+                    raise
+                except BaseException:  # the stream itself failed (a time-out): nothing more to drain
+                    self.broken = True
+                    raise
                 self.finished = True
 
             def close(self) -> None:
-                if self.started and not self.finished:
+                # Never iterate a failed stream again: httpcore can spin on a connection in that state.
+                if self.started and not self.finished and not self.broken:
                     try:
                         for chunk in inner:
                             received.extend(chunk)
