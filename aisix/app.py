@@ -11,6 +11,7 @@ streaming relay.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 from typing import Any, AsyncIterator
@@ -22,11 +23,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .dialects.anthropic_messages import AnthropicMessagesDialect
+from .dialects import load as load_dialect
 from .dialects.base import Dialect
-from .dialects.openai_chat import OpenAIChatDialect
-from .dialects.openai_embeddings import OpenAIEmbeddingsDialect
-from .dialects.openai_responses import OpenAIResponsesDialect
 from .errors import GatewayError, error_body
 from .gateway import Gateway
 from .lifecycle import Lifecycle, error_response
@@ -37,10 +35,12 @@ log = logging.getLogger("aisix")
 # Request headers, names and values together: an OpenAI client sends well under 2 KiB.
 MAX_HEADER_BYTES = 32 * 1024
 
-OPENAI_CHAT = OpenAIChatDialect()
-OPENAI_RESPONSES = OpenAIResponsesDialect()
-OPENAI_EMBEDDINGS = OpenAIEmbeddingsDialect()
-ANTHROPIC_MESSAGES = AnthropicMessagesDialect()
+
+
+@functools.cache
+def dialect(name: str) -> Dialect:
+    """The dialect ``name``, its module imported when a route first needs it (not at cold start)."""
+    return load_dialect(name)
 
 
 def create_app(gateway: Gateway | None = None) -> Starlette:
@@ -48,22 +48,22 @@ def create_app(gateway: Gateway | None = None) -> Starlette:
     gw = gateway or Gateway.from_settings()
     lifecycle = Lifecycle(gw)
 
-    def serving(dialect: Dialect) -> Any:
+    def serving(name: str) -> Any:
         async def endpoint(request: Request) -> Any:
-            return await lifecycle.serve(request, dialect)
+            return await lifecycle.serve(request, dialect(name))
 
-        return _guarded(endpoint, dialect)
+        return _guarded(endpoint, name)
 
     async def count_tokens(request: Request) -> Any:
-        return await lifecycle.count_tokens(request, ANTHROPIC_MESSAGES)
+        return await lifecycle.count_tokens(request, dialect("anthropic_messages"))
 
     async def list_models(request: Request) -> JSONResponse:
-        key = await gw.authenticate(OPENAI_CHAT.credentials(request.headers))
+        key = await gw.authenticate(dialect("openai_chat").credentials(request.headers))
         data = [_model_object(m) for m in gw.config.models.values() if key.may_use(m.name)]
         return JSONResponse({"object": "list", "data": data})
 
     async def retrieve_model(request: Request) -> JSONResponse:
-        key = await gw.authenticate(OPENAI_CHAT.credentials(request.headers))
+        key = await gw.authenticate(dialect("openai_chat").credentials(request.headers))
         model = gw.config.models.get(request.path_params["model"])
         if model is None or not key.may_use(model.name):
             raise GatewayError(
@@ -85,8 +85,8 @@ def create_app(gateway: Gateway | None = None) -> Starlette:
         yield
         await gw.aclose()
 
-    chat, responses = serving(OPENAI_CHAT), serving(OPENAI_RESPONSES)
-    embeddings, messages = serving(OPENAI_EMBEDDINGS), serving(ANTHROPIC_MESSAGES)
+    chat, responses = serving("openai_chat"), serving("openai_responses")
+    embeddings, messages = serving("openai_embeddings"), serving("anthropic_messages")
     app = Starlette(
         routes=[
             Route("/v1/chat/completions", chat, methods=["POST"]),
@@ -96,11 +96,11 @@ def create_app(gateway: Gateway | None = None) -> Starlette:
             Route("/v1/embeddings", embeddings, methods=["POST"]),
             Route("/embeddings", embeddings, methods=["POST"]),
             Route("/v1/messages", messages, methods=["POST"]),
-            Route("/v1/messages/count_tokens", _guarded(count_tokens, ANTHROPIC_MESSAGES), methods=["POST"]),
-            Route("/v1/models", _guarded(list_models, OPENAI_CHAT), methods=["GET"]),
-            Route("/models", _guarded(list_models, OPENAI_CHAT), methods=["GET"]),
-            Route("/v1/models/{model:path}", _guarded(retrieve_model, OPENAI_CHAT), methods=["GET"]),
-            Route("/models/{model:path}", _guarded(retrieve_model, OPENAI_CHAT), methods=["GET"]),
+            Route("/v1/messages/count_tokens", _guarded(count_tokens, "anthropic_messages"), methods=["POST"]),
+            Route("/v1/models", _guarded(list_models, "openai_chat"), methods=["GET"]),
+            Route("/models", _guarded(list_models, "openai_chat"), methods=["GET"]),
+            Route("/v1/models/{model:path}", _guarded(retrieve_model, "openai_chat"), methods=["GET"]),
+            Route("/models/{model:path}", _guarded(retrieve_model, "openai_chat"), methods=["GET"]),
             Route("/health", health, methods=["GET"]),
             Route("/openapi.json", openapi_json, methods=["GET"]),
         ],
@@ -122,7 +122,7 @@ def _model_object(model: Any) -> dict[str, Any]:
 
 def _dialect_for(path: str) -> Dialect:
     """The dialect of a path that has no route (or a refused method): Anthropic's under /v1/messages."""
-    return ANTHROPIC_MESSAGES if path.startswith("/v1/messages") else OPENAI_CHAT
+    return dialect("anthropic_messages" if path.startswith("/v1/messages") else "openai_chat")
 
 
 class HeaderLimit:
@@ -169,7 +169,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(_dialect_for(request.url.path), error)
 
 
-def _guarded(endpoint: Any, dialect: Dialect) -> Any:
+def _guarded(endpoint: Any, dialect_name: str) -> Any:
     """The endpoint, with an unexpected exception answered as a logged 500 right there.
 
     Left to Starlette's last-resort handler, the exception would be re-raised
@@ -184,7 +184,7 @@ def _guarded(endpoint: Any, dialect: Dialect) -> Any:
             raise
         except Exception as exc:
             log.exception("unhandled error on %s %s", request.method, request.url.path)
-            return error_response(dialect, GatewayError(500, "Internal server error.", type="server_error"))
+            return error_response(dialect(dialect_name), GatewayError(500, "Internal server error.", type="server_error"))
 
     return guarded
 

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 
 from ..call import Call, TokenUsage
+from ..config import ConfigError
 
 __all__ = ["Call", "Hook", "Pipeline", "TokenUsage", "load_hook"]
 
@@ -97,8 +98,8 @@ def load_hook(path: str) -> Hook:
     try:
         target = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
-        raise ValueError(f"cannot load hook {path!r}: {exc}") from exc
+        raise ConfigError(f"hooks: cannot load hook {path!r}: {exc}") from None
     hook = target() if callable(target) else target
     if not isinstance(hook, Hook):
-        raise ValueError(f"hook {path!r} must subclass aisix.hooks.Hook")
+        raise ConfigError(f"hooks: hook {path!r} must subclass aisix.hooks.Hook")
     return hook
