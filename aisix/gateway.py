@@ -9,6 +9,7 @@ and how its upstream call is made (`bridge`). The steps of a call are in
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 from typing import TYPE_CHECKING, Any
@@ -42,7 +43,9 @@ PASSTHROUGH_CLASSES = {
 _NEEDS = {"chat": "chat completions", "embeddings": "embeddings", "count_tokens": "token counting"}
 
 
+@functools.cache
 def _load(target: str) -> Any:
+    """``module:attr``, imported on first use and remembered (a call looks it up once per process)."""
     module, _, name = target.partition(":")
     return getattr(importlib.import_module(module), name)
 
