@@ -38,6 +38,7 @@ import zlib
 from typing import Any
 
 from ..mock_upstream import STORY, serve_lifespan
+from . import take_request
 
 DIRECTIVE = re.compile(r"#mock((?:[ \t]+[a-z_]+=[^\s\"\\]+)+)")
 TOOL_INPUT = {"city": "Paris"}
@@ -67,15 +68,7 @@ class AnthropicMock:
         if scope["type"] == "lifespan":
             await serve_lifespan(receive, send)
             return
-        raw = await _read_body(receive)
-        headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
-        try:
-            body = json.loads(raw) if raw else None
-        except ValueError:
-            body = None
-        if len(self.requests) < 1000:
-            self.requests.append({"method": scope["method"], "path": scope["path"],
-                                  "query": scope.get("query_string", b"").decode(), "headers": headers, "json": body})
+        raw, headers, _, body = await take_request(scope, receive, self.requests)
         path = scope["path"]
         if scope["method"] != "POST" or path not in ("/v1/messages", "/v1/messages/count_tokens"):
             await _error(send, 404, "not_found_error", "Not found")
@@ -224,14 +217,6 @@ def _events(answer: dict[str, Any], options: dict[str, str]) -> list[dict[str, A
     events.append({"type": "message_stop"})
     return events
 
-
-async def _read_body(receive: Any) -> bytes:
-    chunks = []
-    while True:
-        message = await receive()
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body"):
-            return b"".join(chunks)
 
 
 async def _send_json(send: Any, status: int, payload: Any, headers: list[tuple[bytes, bytes]] = []) -> None:

@@ -44,6 +44,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from ..mock_upstream import STORY, serve_lifespan
+from . import take_request
 
 DIRECTIVE = re.compile(r"#mock((?:[ \t]+[a-z_]+=[^\s\"\\]+)+)")
 SIGV4 = re.compile(
@@ -113,15 +114,7 @@ class BedrockMock:
         if scope["type"] == "lifespan":
             await serve_lifespan(receive, send)
             return
-        raw = await _read_body(receive)
-        headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
-        try:
-            body = json.loads(raw) if raw else None
-        except ValueError:
-            body = None
-        if len(self.requests) < 1000:
-            self.requests.append({"method": scope["method"], "path": scope["path"],
-                                  "query": scope.get("query_string", b"").decode(), "headers": headers, "json": body})
+        raw, headers, _, body = await take_request(scope, receive, self.requests)
         route = ROUTE.match(scope.get("raw_path", scope["path"].encode()).decode())
         if scope["method"] != "POST" or route is None:
             await _error(send, 404, "UnknownOperationException", "Unknown operation.")
@@ -260,14 +253,6 @@ def _signature(scope: dict[str, Any], headers: dict[str, str], raw: bytes, match
                        match["region"])
     return signer.signature(signer.string_to_sign(request, signer.canonical_request(request)), request)
 
-
-async def _read_body(receive: Any) -> bytes:
-    chunks = []
-    while True:
-        message = await receive()
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body"):
-            return b"".join(chunks)
 
 
 async def _send_json(send: Any, status: int, payload: Any, headers: list[tuple[bytes, bytes]] = []) -> None:

@@ -42,6 +42,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote
 
 from ..mock_upstream import STORY, serve_lifespan
+from . import take_request
 
 DIRECTIVE = re.compile(r"#mock((?:[ \t]+[a-z_]+=[^\s\"\\]+)+)")
 PATH = re.compile(r"^/v1beta/models/([^/:]+):(generateContent|streamGenerateContent|batchEmbedContents|countTokens)$")
@@ -65,16 +66,7 @@ class GeminiMock:
         if scope["type"] == "lifespan":
             await serve_lifespan(receive, send)
             return
-        raw = await _read_body(receive)
-        headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
-        query = scope.get("query_string", b"").decode()
-        try:
-            body = json.loads(raw) if raw else None
-        except ValueError:
-            body = None
-        if len(self.requests) < 1000:
-            self.requests.append({"method": scope["method"], "path": scope["path"], "query": query,
-                                  "headers": headers, "json": body})
+        raw, headers, query, body = await take_request(scope, receive, self.requests)
         match = PATH.match(unquote(scope["path"]))
         if scope["method"] != "POST" or not match:
             await _error(send, 404, f"Requested entity was not found: {scope['path']}")
@@ -210,14 +202,6 @@ def _embeddings(body: dict[str, Any]) -> dict[str, Any]:
 def _event(payload: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\r\n\r\n"
 
-
-async def _read_body(receive: Any) -> bytes:
-    chunks = []
-    while True:
-        message = await receive()
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body"):
-            return b"".join(chunks)
 
 
 async def _send_json(send: Any, status: int, payload: Any, headers: list[tuple[bytes, bytes]] = []) -> None:
