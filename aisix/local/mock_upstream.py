@@ -63,6 +63,8 @@ import time
 import uuid
 from typing import Any
 
+from .mocks import read_body
+
 STORY = (
     "Once upon a time, a brave little API gateway stood between a crowd of eager clients "
     "and a distant, powerful model. Every request that came to its door was checked: the "
@@ -135,11 +137,11 @@ class MockUpstream:
             await _send_json(send, 200 if record else 404, record.as_dict() if record else {})
             return
         if path.endswith("/chat/completions") and method == "POST":
-            body = await _read_body(receive)
+            body = await read_body(receive)
             await self.chat(scope, body, receive, send)
             return
         if path.endswith("/embeddings") and method == "POST":
-            await self.embeddings(scope, await _read_body(receive), send)
+            await self.embeddings(scope, await read_body(receive), send)
             return
         await _send_json(send, 404, _error("not found", "invalid_request_error"))
 
@@ -394,15 +396,6 @@ async def serve_lifespan(receive: Any, send: Any) -> None:
 
 def _error(message: str, type: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
-
-
-async def _read_body(receive: Any) -> bytes:
-    chunks = []
-    while True:
-        message = await receive()
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body"):
-            return b"".join(chunks)
 
 
 async def _send_json(send: Any, status: int, payload: Any, headers: list[tuple[bytes, bytes]] = []) -> None:
