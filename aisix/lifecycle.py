@@ -17,10 +17,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from typing import TYPE_CHECKING, Any
 
 import anyio
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from .call import Call
@@ -33,6 +34,8 @@ from .upstream import open_ok, read_answer
 if TYPE_CHECKING:
     from .dialects.base import Dialect
     from .gateway import Gateway
+
+log = logging.getLogger("aisix")
 
 # curl -d sends form-urlencoded unless told otherwise; a JSON body under that label is accepted.
 JSON_TYPES = ("application/json", "text/json", "application/x-www-form-urlencoded")
@@ -56,6 +59,12 @@ class Lifecycle:
         except GatewayError as exc:
             # Refused before the upstream: post_call hooks see it, nothing is charged.
             return self._refused(call, dialect, exc)
+        except ClientDisconnect:
+            # The client hung up while sending its body: normal traffic, not an error. The upstream
+            # never saw the call, so nothing is charged; post_call hooks still see it (a 499).
+            log.debug("client left while sending %s", request.url.path)
+            call.client_disconnected = True
+            return self._refused(call, dialect, client_closed())
         if call.stream:
             return StreamRelay(gw, call, bridge, dialect)
         try:
@@ -67,8 +76,7 @@ class Lifecycle:
             return self._refused(call, dialect, exc, bridge.completion_chars)
         if content is None:  # the client left: nobody reads an answer
             call.status = 499
-            error = GatewayError(499, "The client closed the request.", code="client_closed_request")
-            return Settled(gw, call, error_response(dialect, error), bridge.completion_chars)
+            return Settled(gw, call, error_response(dialect, client_closed()), bridge.completion_chars)
         call.status = 200
         response = Response(content, 200, call.response_headers, media_type="application/json")
         return Settled(gw, call, response, bridge.completion_chars)
@@ -98,6 +106,9 @@ class Lifecycle:
                 tokens = estimate_input_tokens(chat)
         except GatewayError as exc:
             return error_response(dialect, exc)
+        except ClientDisconnect:  # the client left mid-body: not an error, and nothing was counted
+            log.debug("client left while sending %s", request.url.path)
+            return error_response(dialect, client_closed())
         return Response(json.dumps({"input_tokens": tokens}), 200, media_type="application/json")
 
     def _refused(self, call: Call, dialect: "Dialect", error: GatewayError, chars: int = 0) -> "Settled":
@@ -127,6 +138,11 @@ class Settled:
             with anyio.CancelScope(shield=True):
                 self.gw.settle_usage(self.call, self.completion_chars)
                 await self.gw.pipeline.post_call(self.call)
+
+
+def client_closed() -> GatewayError:
+    """What a call whose client left is recorded as (nginx's 499); nobody reads it."""
+    return GatewayError(499, "The client closed the request.", code="client_closed_request")
 
 
 def error_response(dialect: "Dialect", error: GatewayError) -> Response:
