@@ -389,7 +389,7 @@ def test_round_trip_through_the_mock(mock: tuple[GeminiMock, str]) -> None:
     ])
     status, _, body = asyncio.run(exchange(p.chat_request(client, follow_up, stream=False)))
     answer = p.chat_response(body)
-    assert status == 200 and answer.text == "Once upon a time, a brave little API"
+    assert status == 200 and answer.text == "Tool result: 18C"  # the mock quotes the result it was handed
     contents = app.requests[-1]["json"]["contents"]
     assert contents[1]["parts"][0]["thoughtSignature"] == SIGNATURE
     assert contents[2]["parts"][0]["functionResponse"]["name"] == "get_weather"

@@ -41,7 +41,9 @@ Fault modes, for the fault tests (docs/faults.md):
 ``#mock key=value ...`` anywhere in the request's text does the same for
 clients that cannot add body fields (a translated call): ``words``, ``delay``,
 ``fail_after``, ``status``, ``usage=0`` and ``tool=NAME`` (answer with a call
-to NAME with ``{"city": "Paris"}``, its arguments streamed in fragments).
+to NAME with ``{"city": "Paris"}``, or ``args=<base64url JSON>``, its arguments streamed
+in fragments). A conversation ending with a ``tool`` message is answered with text
+quoting it (no tool call), so a coding agent's tool round trip ends.
 
 ``GET /_mock/requests`` returns the requests it received (headers and
 bodies), so tests can see exactly what the gateway sent upstream.
@@ -63,7 +65,7 @@ import time
 import uuid
 from typing import Any
 
-from .mocks import read_body
+from .mocks import after_tool_result, chat_tool_fragments, chat_tool_result, echo_words, read_body
 
 STORY = (
     "Once upon a time, a brave little API gateway stood between a crowd of eager clients "
@@ -77,7 +79,7 @@ STORY = (
 
 DIRECTIVE = re.compile(rb"#mock((?:[ \t]+[a-z_]+=[^\s\"\\]+)+)")
 _DIRECTIVE_CASTS: dict[str, Any] = {"words": int, "delay": float, "fail_after": int, "status": int,
-                                    "usage": lambda v: v not in ("0", "false"), "tool": str}
+                                    "usage": lambda v: v not in ("0", "false"), "tool": str, "args": str}
 TOOL_FRAGMENTS = ('{"city"', ': "Par', 'is"}')
 
 
@@ -186,6 +188,7 @@ class MockUpstream:
         directive = mock_directive(raw)
         if directive:
             options = {**directive, **options}
+        options = after_tool_result(options, chat_tool_result(body.get("messages")))
         record: CallRecord | None = None
         watcher: asyncio.Task[None] | None = None
         if isinstance(options.get("id"), str):
@@ -221,7 +224,7 @@ class MockUpstream:
             )
             return
         count = int(options.get("words", self.default_words))
-        words = (STORY * (1 + count // len(STORY)))[:count]
+        words = echo_words(options["echo"]) if "echo" in options else (STORY * (1 + count // len(STORY)))[:count]
         messages = body.get("messages") if isinstance(body.get("messages"), list) else []
         prompt_tokens = sum(len(str(m.get("content", ""))) for m in messages if isinstance(m, dict)) // 4 + 1
         model = body.get("model", "mock")
@@ -235,7 +238,8 @@ class MockUpstream:
             if options.get("tool"):
                 answer["choices"][0]["message"].update(content=None, tool_calls=[{
                     "id": "call_mock" + uuid.uuid4().hex[:16], "type": "function",
-                    "function": {"name": str(options["tool"]), "arguments": "".join(TOOL_FRAGMENTS)}}])
+                    "function": {"name": str(options["tool"]),
+                                 "arguments": "".join(chat_tool_fragments(options, TOOL_FRAGMENTS))}}])
                 answer["choices"][0]["finish_reason"] = "tool_calls"
             await _send_json(send, 200, answer, extra_headers)
             return
@@ -274,7 +278,8 @@ class MockUpstream:
         await event([{"index": 0, "delta": {"role": "assistant", "content": "", "refusal": None},
                       "logprobs": None, "finish_reason": None}])
         if options.get("tool"):
-            await self._tool_call(str(options["tool"]), event, delay, fail_after, record)
+            fragments = chat_tool_fragments(options, TOOL_FRAGMENTS)
+            await self._tool_call(str(options["tool"]), fragments, event, delay, fail_after, record)
             if send_usage:
                 await event([], {"prompt_tokens": prompt_tokens, "completion_tokens": len(TOOL_FRAGMENTS),
                                  "total_tokens": prompt_tokens + len(TOOL_FRAGMENTS)})
@@ -316,11 +321,12 @@ class MockUpstream:
 
 
     @staticmethod
-    async def _tool_call(name: str, event: Any, delay: float, fail_after: Any, record: CallRecord | None) -> None:
+    async def _tool_call(name: str, pieces: tuple[str, ...], event: Any, delay: float, fail_after: Any,
+                         record: CallRecord | None) -> None:
         """A tool call in OpenAI's fragments: id and name first, then the arguments in pieces."""
         fragments = [{"index": 0, "id": "call_mock" + uuid.uuid4().hex[:16], "type": "function",
                       "function": {"name": name, "arguments": ""}}]
-        fragments += [{"index": 0, "function": {"arguments": piece}} for piece in TOOL_FRAGMENTS]
+        fragments += [{"index": 0, "function": {"arguments": piece}} for piece in pieces]
         for index, fragment in enumerate(fragments):
             if fail_after is not None and index >= fail_after:
                 raise RuntimeError("mock upstream failing mid-stream, as asked")

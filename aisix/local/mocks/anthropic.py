@@ -19,10 +19,13 @@ Every request must carry ``x-api-key`` and ``anthropic-version`` (401
 Steered by a directive anywhere in the request's text: ``#mock key=value ...`` with
 ``words=N``, ``delay=SECONDS`` (between stream events), ``tool=NAME`` (a call to NAME
 with ``{"city": "Paris"}``, streamed in ``input_json_delta`` fragments),
+``args=<base64url JSON>`` (that call's input instead),
 ``thinking=1`` (a thinking block first, as extended thinking answers),
 ``fail_after=N`` (after N events, ``event: error`` with ``overloaded_error``),
 ``status=CODE`` (refused with Anthropic's error for that status; 429 carries
 ``Retry-After: 7``; 529 is ``overloaded_error``), ``usage=0`` (no usage reported).
+A request whose last message hands back a ``tool_result`` is answered with text
+quoting it (no tool call), so a coding agent's tool round trip ends.
 Answers are deterministic: the same request gets the same text.
 
 Run it alone with ``python -m aisix.local.mocks.anthropic --port 8081``.
@@ -33,14 +36,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import re
 import zlib
 from typing import Any
 
 from ..mock_upstream import STORY, serve_lifespan
-from . import take_request
+from . import after_tool_result, directive, echo_words, json_fragments, take_request, text_of, tool_arguments
 
-DIRECTIVE = re.compile(r"#mock((?:[ \t]+[a-z_]+=[^\s\"\\]+)+)")
 TOOL_INPUT = {"city": "Paris"}
 TOOL_FRAGMENTS = ('{"city"', ': "Par', 'is"}')
 ERROR_TYPES = {
@@ -85,7 +86,7 @@ class AnthropicMock:
         if not isinstance(body.get("model"), str):
             await _error(send, 400, "invalid_request_error", "model: Field required")
             return
-        options = _directive(raw.decode(errors="replace"))
+        options = after_tool_result(directive(raw.decode(errors="replace")), _tool_result(body["messages"]))
         status = int(options.get("status", 0))
         if status:
             extra = [(b"retry-after", b"7")] if status == 429 else []
@@ -126,19 +127,24 @@ def _frame(event: dict[str, Any]) -> bytes:
     return f"event: {event['type']}\ndata: {json.dumps(event, separators=(',', ':'))}\n\n".encode()
 
 
-def _directive(text: str) -> dict[str, str]:
-    match = DIRECTIVE.search(text)
-    if match is None:
-        return {}
-    return dict(pair.split("=", 1) for pair in match.group(1).split())
+def _tool_result(messages: list[Any]) -> str | None:
+    """The text of the ``tool_result`` the conversation ends with, if it ends with one."""
+    last = messages[-1]
+    if not isinstance(last, dict) or last.get("role") != "user" or not isinstance(last.get("content"), list):
+        return None
+    results = [block for block in last["content"] if isinstance(block, dict) and block.get("type") == "tool_result"]
+    return " ".join(text_of(block.get("content")) for block in results) if results else None
 
 
 def _answer(options: dict[str, str], default_words: int, model: str, raw: bytes, input_tokens: int) -> dict[str, Any]:
     count = int(options.get("words", default_words))
-    words = (STORY * (1 + count // len(STORY)))[:count]
+    words = echo_words(options["echo"]) if "echo" in options else (STORY * (1 + count // len(STORY)))[:count]
     tool = options.get("tool")
+    arguments = tool_arguments(options)
     return {
         "id": f"msg_mock{zlib.crc32(raw):08x}", "words": words, "tool": tool, "model": model,
+        "input": TOOL_INPUT if arguments is None else arguments,
+        "fragments": TOOL_FRAGMENTS if arguments is None else json_fragments(arguments),
         "thinking": options.get("thinking") == "1",
         "input_tokens": input_tokens, "output_tokens": len(words) + (8 if tool else 0) + 1,
     }
@@ -160,7 +166,7 @@ def _content(answer: dict[str, Any]) -> list[dict[str, Any]]:
     if answer["words"]:
         content.append({"type": "text", "text": " ".join(answer["words"])})
     if answer["tool"]:
-        content.append({"type": "tool_use", "id": "toolu_mock0001", "name": answer["tool"], "input": TOOL_INPUT})
+        content.append({"type": "tool_use", "id": "toolu_mock0001", "name": answer["tool"], "input": answer["input"]})
     return content
 
 
@@ -205,7 +211,7 @@ def _events(answer: dict[str, Any], options: dict[str, str]) -> list[dict[str, A
                                              for n, word in enumerate(answer["words"])])
     if answer["tool"]:
         block({"type": "tool_use", "id": "toolu_mock0001", "name": answer["tool"], "input": {}},
-              [{"type": "input_json_delta", "partial_json": fragment} for fragment in ("", *TOOL_FRAGMENTS)])
+              [{"type": "input_json_delta", "partial_json": fragment} for fragment in ("", *answer["fragments"])])
     if not pinged:
         events.append({"type": "ping"})
     delta: dict[str, Any] = {"type": "message_delta",

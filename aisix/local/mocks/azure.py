@@ -16,11 +16,12 @@ with Azure's additions:
 Steered by a directive anywhere in the request's text: ``#mock key=value ...``
 with ``words=N``, ``delay=SECONDS`` (between stream events), ``tool=NAME`` (a
 call to NAME with ``{"city": "Paris"}``, streamed in argument fragments),
-``fail_after=N`` (after N events, an error event, then the end),
+``args=<base64url JSON>`` (that call's arguments instead), ``fail_after=N`` (after N events, an error event, then the end),
 ``status=CODE`` (refused; 429 carries ``Retry-After: 7``), ``usage=0`` (no
 usage), ``filter=prompt`` (the prompt refused: 400 ``content_filter``) and
 ``filter=output`` (the answer cut with ``finish_reason: "content_filter"``).
-Answers are deterministic.
+A conversation that ends with a ``tool`` message is answered with text quoting it
+(no tool call), so a coding agent's tool round trip ends. Answers are deterministic.
 
 Run it alone with ``python -m aisix.local.mocks.azure --port 8084``.
 """
@@ -36,9 +37,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote
 
 from ..mock_upstream import STORY, serve_lifespan
-from . import take_request
-
-DIRECTIVE = re.compile(r"#mock((?:[ \t]+[a-z_]+=[^\s\"\\]+)+)")
+from . import after_tool_result, chat_tool_fragments, chat_tool_result, directive, echo_words, take_request
 DEPLOYMENT_PATH = re.compile(r"^/openai/deployments/([^/]+)/(chat/completions|embeddings)$")
 V1_PATH = re.compile(r"^/openai/v1/(chat/completions|embeddings)$")
 TOOL_FRAGMENTS = ('{"city"', ': "Par', 'is"}')
@@ -84,7 +83,8 @@ class AzureOpenAIMock:
             if not deployment:
                 await _error(send, 400, "BadRequest", "model is required on the v1 API.")
                 return
-        options = _directive(raw.decode(errors="replace"))
+        options = after_tool_result(directive(raw.decode(errors="replace")),
+                                    chat_tool_result(body.get("messages")) if isinstance(body, dict) else None)
         if "status" in options:
             status = int(options["status"])
             await _error(send, status, str(status), f"mock failure {status}",
@@ -105,6 +105,8 @@ class AzureOpenAIMock:
             await _send_json(send, 200, self._completion(body, options, deployment, raw))
 
     def _words(self, options: dict[str, str]) -> list[str]:
+        if "echo" in options:
+            return echo_words(options["echo"])
         count = int(options.get("words", self.default_words))
         return (STORY * (1 + count // len(STORY)))[:count]
 
@@ -116,7 +118,7 @@ class AzureOpenAIMock:
         if options.get("tool"):
             message = {"role": "assistant", "content": None, "refusal": None, "tool_calls": [{
                 "id": _call_id(raw), "type": "function",
-                "function": {"name": options["tool"], "arguments": "".join(TOOL_FRAGMENTS)}}]}
+                "function": {"name": options["tool"], "arguments": "".join(chat_tool_fragments(options, TOOL_FRAGMENTS))}}]}
             finish = "tool_calls"
         answer: dict[str, Any] = {
             "id": _completion_id(raw), "object": "chat.completion", "created": 1700000000,
@@ -156,7 +158,7 @@ class AzureOpenAIMock:
             events.append(chunk([choice({"tool_calls": [{"index": 0, "id": _call_id(raw), "type": "function",
                                                          "function": {"name": options["tool"], "arguments": ""}}]})]))
             events += [chunk([choice({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})])
-                       for piece in TOOL_FRAGMENTS]
+                       for piece in chat_tool_fragments(options, TOOL_FRAGMENTS)]
             finish = "tool_calls"
         else:
             events += [chunk([choice({"content": word if i == 0 else " " + word})]) for i, word in enumerate(words)]
@@ -178,13 +180,6 @@ class AzureOpenAIMock:
             await send({"type": "http.response.body", "body": _event(event), "more_body": True})
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-
-def _directive(text: str) -> dict[str, str]:
-    match = DIRECTIVE.search(text)
-    if not match:
-        return {}
-    return dict(pair.split("=", 1) for pair in match.group(1).split())
 
 
 def _usage(raw: bytes, completion: int) -> dict[str, Any]:

@@ -18,7 +18,7 @@ Signature=...``) whose scope date matches ``x-amz-date``, or a Bedrock API key
 with botocore, as AWS would, and refuses a mismatch (403 InvalidSignatureException).
 
 Steered by a directive anywhere in the request's text: ``#mock key=value ...`` with
-``words=N``, ``delay=SECONDS`` (between stream events), ``tool=NAME`` (a call to NAME
+``words=N``, ``delay=SECONDS`` (between stream events), ``args=<base64url JSON>`` (the tool call's input instead of the default), ``tool=NAME`` (a call to NAME
 with ``{"city": "Paris"}``, streamed in fragments), ``fail_after=N`` (after N
 events, a ``modelStreamErrorException`` frame), ``status=CODE`` (refused with
 Bedrock's error for that status; 429 carries ``Retry-After: 7``), ``usage=0``.
@@ -44,9 +44,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from ..mock_upstream import STORY, serve_lifespan
-from . import take_request
-
-DIRECTIVE = re.compile(r"#mock((?:[ \t]+[a-z_]+=[^\s\"\\]+)+)")
+from . import after_tool_result, directive, echo_words, json_fragments, take_request, text_of, tool_arguments
 SIGV4 = re.compile(
     r"^AWS4-HMAC-SHA256 Credential=(?P<key>[^/,\s]+)/(?P<date>\d{8})/(?P<region>[a-z0-9-]+)/bedrock/aws4_request,"
     r"\s*SignedHeaders=(?P<signed>[a-z0-9;-]+),\s*Signature=(?P<signature>[0-9a-f]{64})$"
@@ -126,7 +124,7 @@ class BedrockMock:
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
             await _error(send, 400, "ValidationException", "Malformed input request: messages is required.")
             return
-        options = _directive(raw.decode(errors="replace"))
+        options = after_tool_result(directive(raw.decode(errors="replace")), _tool_result(body["messages"]))
         status = int(options.get("status", 0))
         if status:
             extra = [(b"retry-after", b"7")] if status == 429 else []
@@ -176,17 +174,21 @@ class BedrockMock:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-def _directive(text: str) -> dict[str, str]:
-    match = DIRECTIVE.search(text)
-    if match is None:
-        return {}
-    return dict(pair.split("=", 1) for pair in match.group(1).split())
+def _tool_result(messages: list[Any]) -> str | None:
+    """The text of the ``toolResult`` blocks the conversation ends with, if it ends with any."""
+    last = messages[-1] if messages else None
+    content = last.get("content") if isinstance(last, dict) else None
+    results = [block["toolResult"] for block in content or [] if isinstance(block, dict) and "toolResult" in block]
+    return " ".join(text_of(result.get("content")) for result in results) if results else None
 
 
 def _answer(options: dict[str, str], default_words: int, model: str, raw: bytes) -> dict[str, Any]:
     count = int(options.get("words", default_words))
-    words = (STORY * (1 + count // len(STORY)))[:count]
+    words = echo_words(options["echo"]) if "echo" in options else (STORY * (1 + count // len(STORY)))[:count]
+    arguments = tool_arguments(options)
     return {"words": words, "tool": options.get("tool"), "model": model,
+            "input": json.loads(TOOL_ARGUMENTS) if arguments is None else arguments,
+            "fragments": ('{"city"', ': "Par', 'is"}') if arguments is None else json_fragments(arguments),
             "input_tokens": len(raw) // 4 + 1, "output_tokens": len(words) + (8 if options.get("tool") else 0)}
 
 
@@ -201,7 +203,7 @@ def _converse(answer: dict[str, Any], options: dict[str, str]) -> dict[str, Any]
         content.append({"text": " ".join(answer["words"])})
     if answer["tool"]:
         content.append({"toolUse": {"toolUseId": "tooluse_mock0001", "name": answer["tool"],
-                                    "input": json.loads(TOOL_ARGUMENTS)}})
+                                    "input": answer["input"]}})
     body: dict[str, Any] = {
         "output": {"message": {"role": "assistant", "content": content}},
         "stopReason": "tool_use" if answer["tool"] else "end_turn",
@@ -225,7 +227,7 @@ def _frames(answer: dict[str, Any], options: dict[str, str]) -> list[bytes]:
         frames.append(event_frame("contentBlockStart", {
             "contentBlockIndex": index,
             "start": {"toolUse": {"toolUseId": "tooluse_mock0001", "name": answer["tool"]}}}))
-        for fragment in ('{"city"', ': "Par', 'is"}'):
+        for fragment in answer["fragments"]:
             frames.append(event_frame("contentBlockDelta", {
                 "contentBlockIndex": index, "delta": {"toolUse": {"input": fragment}}}))
         frames.append(event_frame("contentBlockStop", {"contentBlockIndex": index}))

@@ -21,11 +21,13 @@ Every call needs ``x-goog-api-key`` (or ``?key=``): none is a 403
 
 Steered by a directive anywhere in the request's text: ``#mock key=value ...``
 with ``words=N``, ``delay=SECONDS`` (between stream events), ``tool=NAME`` (a
-call to NAME with ``{"city": "Paris"}``), ``thinking=1`` (a ``thought: true``
+call to NAME with ``{"city": "Paris"}``, or ``args=<base64url JSON>``), ``thinking=1`` (a ``thought: true``
 part first, and ``thoughtsTokenCount``), ``fail_after=N`` (after N events, an
 ``INTERNAL`` error event), ``status=CODE`` (refused with Gemini's error for it;
 429 carries ``Retry-After: 7`` and a ``RetryInfo``), ``usage=0`` (no
-``usageMetadata``). Answers are deterministic.
+``usageMetadata``). A conversation ending with ``functionResponse`` parts is answered
+with text quoting them (no call), so a coding agent's tool round trip ends.
+Answers are deterministic.
 
 Run it alone with ``python -m aisix.local.mocks.gemini --port 8083``.
 """
@@ -42,9 +44,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote
 
 from ..mock_upstream import STORY, serve_lifespan
-from . import take_request
-
-DIRECTIVE = re.compile(r"#mock((?:[ \t]+[a-z_]+=[^\s\"\\]+)+)")
+from . import after_tool_result, directive, echo_words, take_request, text_of, tool_arguments
 PATH = re.compile(r"^/v1beta/models/([^/:]+):(generateContent|streamGenerateContent|batchEmbedContents|countTokens)$")
 TOOL_ARGS = {"city": "Paris"}
 # base64 with '+' and '/' in it, as real signatures have, so the URL-safe round trip is exercised.
@@ -85,7 +85,7 @@ class GeminiMock:
             await _error(send, 400, "Invalid JSON payload received.")
             return
         model, method = match.groups()
-        options = _directive(raw.decode(errors="replace"))
+        options = after_tool_result(directive(raw.decode(errors="replace")), _tool_result(body.get("contents")))
         if "status" in options:
             status = int(options["status"])
             await _error(send, status, f"mock failure {status}",
@@ -121,18 +121,19 @@ class GeminiMock:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-def _directive(text: str) -> dict[str, str]:
-    match = DIRECTIVE.search(text)
-    if not match:
-        return {}
-    return dict(pair.split("=", 1) for pair in match.group(1).split())
+def _tool_result(contents: Any) -> str | None:
+    """The text of the ``functionResponse`` parts the conversation ends with, if it ends with any."""
+    last = contents[-1] if isinstance(contents, list) and contents else None
+    parts = last.get("parts") if isinstance(last, dict) else None
+    results = [part["functionResponse"] for part in parts or [] if isinstance(part, dict) and "functionResponse" in part]
+    return " ".join(text_of(result.get("response")) for result in results) if results else None
 
 
 def _chunks(body: dict[str, Any], options: dict[str, str], default_words: int, model: str,
             raw: bytes) -> list[dict[str, Any]]:
     """The answer as stream chunks (a whole answer is their merge)."""
     count = int(options.get("words", default_words))
-    words = (STORY * (1 + count // len(STORY)))[:count]
+    words = echo_words(options["echo"]) if "echo" in options else (STORY * (1 + count // len(STORY)))[:count]
     prompt_tokens = len(raw) // 4 + 1
     thinking = options.get("thinking") == "1"
     response_id = "mock-" + hashlib.sha256(raw).hexdigest()[:16]
@@ -150,7 +151,7 @@ def _chunks(body: dict[str, Any], options: dict[str, str], default_words: int, m
     if tool:
         if words:
             chunk([{"text": " ".join(words[:3]) + " "}])
-        chunk([{"functionCall": {"name": tool, "args": TOOL_ARGS}, "thoughtSignature": SIGNATURE}], "STOP")
+        chunk([{"functionCall": {"name": tool, "args": tool_arguments(options) or TOOL_ARGS}, "thoughtSignature": SIGNATURE}], "STOP")
         completion = min(count, 3) + 5
     else:
         pieces = [" ".join(words[i:i + 3]) for i in range(0, len(words), 3)] or [""]
