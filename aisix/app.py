@@ -29,6 +29,7 @@ from .errors import GatewayError, error_body
 from .gateway import Gateway
 from .lifecycle import Lifecycle, error_response
 from .openapi import openapi_document
+from .overload import Capacity, OverloadGuard
 
 log = logging.getLogger("aisix")
 
@@ -85,6 +86,9 @@ def create_app(gateway: Gateway | None = None) -> Starlette:
         yield
         await gw.aclose()
 
+    # Past its capacity the process answers new calls with a prompt 503 (aisix/overload.py).
+    capacity = Capacity(gw.settings.max_open_calls)
+    guard = [Middleware(OverloadGuard, capacity=capacity, refusal=_refusal)] if capacity.limit else []
     chat, responses = serving("openai_chat"), serving("openai_responses")
     embeddings, messages = serving("openai_embeddings"), serving("anthropic_messages")
     app = Starlette(
@@ -104,7 +108,7 @@ def create_app(gateway: Gateway | None = None) -> Starlette:
             Route("/health", health, methods=["GET"]),
             Route("/openapi.json", openapi_json, methods=["GET"]),
         ],
-        middleware=[Middleware(HeaderLimit, limit=MAX_HEADER_BYTES)],
+        middleware=[*guard, Middleware(HeaderLimit, limit=MAX_HEADER_BYTES)],
         exception_handlers={
             GatewayError: _gateway_error,
             HTTPException: _http_error,
@@ -113,6 +117,7 @@ def create_app(gateway: Gateway | None = None) -> Starlette:
         lifespan=lifespan,
     )
     app.state.gateway = gw
+    app.state.capacity = capacity
     return app
 
 
@@ -150,6 +155,11 @@ class HeaderLimit:
                 await error_response(_dialect_for(scope["path"]), error)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+def _refusal(scope: dict[str, Any], error: GatewayError) -> Response:
+    """``error`` answered in the dialect of the path (an Anthropic client gets Anthropic's shape)."""
+    return error_response(_dialect_for(scope["path"]), error)
 
 
 async def _gateway_error(request: Request, exc: Exception) -> Response:

@@ -77,6 +77,9 @@ class Settings:
     token_flush_seconds: float = 1.0
     dynamodb_timeout_seconds: float = 1.0
     dynamodb_max_attempts: int = 2
+    # Calls in flight per process past which new ones get a prompt 503 (0: no limit). Measured in
+    # bench/RESULTS.md ("Concurrent streams"); off on Lambda, where an instance serves one call at a time.
+    max_open_calls: int = 1500
     # Decided here once: the rest of the gateway asks this, never the environment.
     on_lambda: bool = False
 
@@ -117,12 +120,15 @@ class Settings:
             dynamodb_timeout_seconds=get("AISIX_DYNAMODB_TIMEOUT_SECONDS", d.dynamodb_timeout_seconds, float),
             dynamodb_max_attempts=get("AISIX_DYNAMODB_MAX_ATTEMPTS", d.dynamodb_max_attempts, int),
             token_flush_seconds=get("AISIX_TOKEN_FLUSH_SECONDS", d.token_flush_seconds, float),
+            max_open_calls=get("AISIX_MAX_OPEN_CALLS", 0 if on_lambda else d.max_open_calls, int),
             on_lambda=on_lambda,
         )
         if settings.upstream_transport not in ("aiohttp", "lean", "httpx"):
             raise ConfigError("AISIX_UPSTREAM_TRANSPORT must be 'aiohttp', 'lean' or 'httpx'")
         if settings.rate_limit_on_store_error not in ("closed", "open"):
             raise ConfigError("AISIX_RATE_LIMIT_ON_STORE_ERROR must be 'closed' or 'open'")
+        if settings.max_open_calls < 0:
+            raise ConfigError("AISIX_MAX_OPEN_CALLS must be 0 (no limit) or positive")
         if settings.max_body_bytes <= 0 or settings.keepalive_seconds <= 0:
             raise ConfigError("AISIX_MAX_BODY_BYTES and AISIX_KEEPALIVE_SECONDS must be positive")
         return settings
