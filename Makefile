@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PORT ?= 3000
 
-.PHONY: run test bench lint lambda-local sam-local-deps install clean package build-GatewayFunction
+.PHONY: run test bench lint agents lambda-local sam-local-deps install clean package build-GatewayFunction
 
 install: $(VENV)/.installed
 
@@ -26,6 +26,9 @@ bench: install  ## the benchmark (~5 min): gateway vs direct path; prints and wr
 
 lint: install  ## cfn-lint on the SAM template
 	$(VENV)/bin/cfn-lint template.yaml
+
+agents: install  ## Claude Code and Codex (from npm, into .agents/) through every provider, locally and on the Lambda path
+	$(PY) tools/agents.py
 
 lambda-local: install  ## the Lambda streaming path (function URL emulation) on http://localhost:3001, embedded default
 	$(PY) -m aisix serve --local --lambda --port 3001
