@@ -34,6 +34,10 @@ from types import FrameType
 from typing import Any
 
 DEMO_KEY = "my-secret-key"
+# The demo key's limits: room for a coding agent (Claude Code resends ~20k tokens of context each turn,
+# Codex ~10k; `make agents` runs both through every alias), low enough to see a 429 on purpose.
+DEMO_RPM = 600
+DEMO_TPM = 2_000_000
 DEMO_MODEL = "my-gpt4-mini"
 # The mock ignores credentials; a value keeps the config check ("api_key_env names an
 # unset variable") for the real upstreams it exists for.
@@ -279,7 +283,7 @@ def prepare_local(
                   settings.keys_table, settings.counters_table)
     store.create_tables()
     if store.get_key(hash_key(DEMO_KEY)) is None:
-        issue_key(store, "local demo", demo_models, rpm=60, tpm=100_000, secret=DEMO_KEY)
+        issue_key(store, "local demo", demo_models, rpm=DEMO_RPM, tpm=DEMO_TPM, secret=DEMO_KEY)
     return LocalStack(endpoint, upstream_url, children, provider_urls, demo_models)
 
 
@@ -293,7 +297,7 @@ def demo_banner(port: int, models: frozenset[str]) -> str:
     ordered = [name for name in providers if name in models] + sorted(models - set(providers))
     names = ", ".join(f"{name} ({providers[name]})" if name in providers else name for name in ordered)
     lines = [
-        f"Demo key (local mode only): {DEMO_KEY}  (60 RPM, 100k TPM) may use: {names}",
+        f"Demo key (local mode only): {DEMO_KEY}  ({DEMO_RPM} RPM, {DEMO_TPM // 1_000_000}M TPM) may use: {names}",
         "",
         f"  curl -N {url}/v1/chat/completions \\",
         f'    -H "Authorization: Bearer {DEMO_KEY}" -H "Content-Type: application/json" \\',
