@@ -35,6 +35,7 @@ import logging  # noqa: E402
 
 import botocore.session  # noqa: E402
 import httpx  # noqa: E402
+import httpx2  # noqa: E402
 import pytest  # noqa: E402
 import uvicorn  # noqa: E402
 from moto.moto_server.werkzeug_app import (  # noqa: E402
@@ -63,10 +64,87 @@ _BOTOCORE_SESSION = botocore.session.get_session()
 botocore.session.get_session = lambda env_vars=None: _BOTOCORE_SESSION
 
 
+def _share_ssl_contexts(package: Any) -> None:
+    """Make ``package.create_ssl_context`` (httpx's, or httpx2's) hand out one context per settings.
+
+    Loading the CA bundle costs ~55 ms of CPU, and every client builds a context: each gateway
+    two (its aiohttp transport), each ``httpx.Client`` or ``httpx.post`` one. The suite makes
+    thousands and never speaks TLS (every server is on loopback, plain HTTP), so one shared
+    context per (verify, environment) is the same to every test and saves minutes of CPU.
+    A client certificate or a custom ``verify`` still gets its own."""
+    real = package._config.create_ssl_context
+    shared: dict[tuple[Any, ...], Any] = {}
+
+    def create_ssl_context(verify: Any = True, cert: Any = None, trust_env: bool = True) -> Any:
+        if cert is not None or not isinstance(verify, bool):
+            return real(verify=verify, cert=cert, trust_env=trust_env)
+        key = (verify, trust_env, os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+        if key not in shared:
+            shared[key] = real(verify=verify, trust_env=trust_env)
+        return shared[key]
+
+    package.create_ssl_context = package._config.create_ssl_context = create_ssl_context
+    package._transports.default.create_ssl_context = create_ssl_context
+
+
+_share_ssl_contexts(httpx)
+_share_ssl_contexts(httpx2)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+class PromptServer(uvicorn.Server):
+    """uvicorn's server, stopped as soon as it is told to.
+
+    uvicorn looks at ``should_exit`` every 0.1 s, then sleeps 0.1 s before it waits (in 0.1 s
+    steps) for connections to close: ~0.2 s per stop, and the suite stops hundreds of servers.
+    Here `stop` wakes the main loop, and the shutdown polls every 5 ms; what it waits for (open
+    connections, running tasks, for at most ``timeout_graceful_shutdown``; then the lifespan's
+    shutdown) is uvicorn's own (uvicorn 0.54's `Server.shutdown`)."""
+
+    _loop: asyncio.AbstractEventLoop | None = None
+    _wake: asyncio.Event | None = None
+
+    async def main_loop(self) -> None:
+        self._wake = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        # on_tick refreshes the Date header when its counter is a multiple of 10: once per wake.
+        while not await self.on_tick(0):
+            try:
+                await asyncio.wait_for(self._wake.wait(), 1.0)
+            except asyncio.TimeoutError:
+                pass
+
+    def wake(self) -> None:
+        """Called from another thread once ``should_exit`` is set."""
+        loop, wake = self._loop, self._wake
+        if loop is not None and wake is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(wake.set)
+            except RuntimeError:  # the loop closed meanwhile: the server has already stopped
+                pass
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for server in self.servers:
+            server.close()
+        for sock in sockets or []:
+            sock.close()
+        state = self.server_state
+        for connection in list(state.connections):
+            connection.shutdown()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self.config.timeout_graceful_shutdown or 0)
+        while (state.connections or state.tasks) and not self.force_exit and loop.time() < deadline:
+            await asyncio.sleep(0.005)
+        if not self.force_exit:
+            for task in list(state.tasks):  # the graceful time-out has passed
+                task.cancel(msg="Task cancelled, timeout graceful shutdown exceeded")
+        if not self.force_exit:
+            await self.lifespan.shutdown()
 
 
 class ServerThread:
@@ -78,7 +156,7 @@ class ServerThread:
         # A stop waits at most 2 s for calls still running (a mock upstream may be in a 20 s delay).
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on",
                                 timeout_graceful_shutdown=2)
-        self.server = uvicorn.Server(config)
+        self.server = PromptServer(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def start(self) -> "ServerThread":
@@ -92,6 +170,7 @@ class ServerThread:
 
     def stop(self) -> None:
         self.server.should_exit = True
+        self.server.wake()
         self.thread.join(10)
 
 
