@@ -7,6 +7,11 @@ uvloop + httptools, started as ``python -m aisix serve``) and for the Lambda str
 path (``python -m aisix.local.lambda_emulator``, which runs the real runtime loop in a
 subprocess: that subprocess is the gateway measured there).
 
+* the same scenarios through a bare relay (bench/bare_relay.py: raw ASGI + aiohttp, no logic, no auth)
+  on the gateway's core, so that each of issue 12's figures is a ratio to the floor measured in the
+  same minutes: CPU per ~900-byte non-streamed answer at c=1 and c=8, CPU per chunk of a 100-chunk
+  stream back to back and paced 1 ms apart at c=8, added time to first token, p99 at c=64 right after a
+  cold burst of 128, memory per open stream and streams held at 10 events/s (summary table first);
 * CPU of the gateway process per non-streamed request and per relayed chunk, from
   ``/proc/<pid>/stat``, with auth and rate limiting on (key cache warm; DynamoDB is
   moto's server, a separate process whose CPU is not counted) and the DynamoDB calls
@@ -17,7 +22,8 @@ subprocess: that subprocess is the gateway measured there).
   next to the OpenAI chat pass-through (translated ÷ pass-through per chunk and per request);
 * added latency (p50, p99 of gateway minus direct) at concurrency 1 and 32, and the added
   time to first token of a stream;
-* how many slow streams one process relays at once, and the memory each costs;
+* how many slow streams one process relays at once, and the memory each costs, and that calls past
+  ``AISIX_MAX_OPEN_CALLS`` get a prompt 503 (aisix/overload.py);
 * the gap the gateway adds between consecutive chunks, and a check that it never
   merges events (raw-socket client: events per ``recv`` on a paced stream);
 * cold start, from the Lambda package ``tools/lambda_package.py`` builds: importing ``handler.py``
@@ -30,8 +36,9 @@ Processes are pinned (``sched_setaffinity``, what ``taskset`` does): the gateway
 core 1; the load generator (this process), the upstream, moto and the emulator on core 0.
 ``--no-pin`` leaves placement to the scheduler.
 
-``--smoke`` runs every section briefly (< 60 s) for tests/test_bench_smoke.py; give it
-``--out`` in a temporary folder so bench/RESULTS.md is left alone.
+``--smoke`` runs every section briefly (~15 s: the sections that start their own processes run
+alongside the main one, or reuse its processes) for tests/test_bench_smoke.py; give it ``--out`` in a
+temporary folder so bench/RESULTS.md is left alone.
 """
 
 from __future__ import annotations
@@ -104,21 +111,24 @@ class Plan:
     profile_seconds: float
     lambda_block: float
     lambda_reps: int
+    settle: float  # × the pause after a block for its post-call work (smoke: measures nothing, waits little)
+    cold_burst: int  # connections opened at once before the "after a cold burst" block
+    cold_conc: int
 
 
 FULL = Plan(
     smoke=False, block=2.0, reps=3, warmup=300,
     burst_lengths=(100, 1000), paced_lengths=(100, 1000), paced_ms=1.0,
     gap_streams=5, gap_chunks=200, gap_pace_ms=2.0,
-    stream_levels=(250, 500, 1000, 1500, 2000), stream_pace_ms=200.0, stream_hold=3.0,
-    cold_runs=5, profile_seconds=6.0, lambda_block=2.0, lambda_reps=2,
+    stream_levels=(250, 500, 1000, 1500, 2000), stream_pace_ms=100.0, stream_hold=3.0,
+    cold_runs=5, profile_seconds=6.0, lambda_block=2.0, lambda_reps=2, settle=1.0, cold_burst=128, cold_conc=64,
 )
 SMOKE = Plan(  # every section end to end, as briefly as it still runs (tests/test_bench_smoke.py)
-    smoke=True, block=0.1, reps=1, warmup=8,
+    smoke=True, block=0.05, reps=1, warmup=8,
     burst_lengths=(20, 40), paced_lengths=(20, 30), paced_ms=1.0,
     gap_streams=1, gap_chunks=30, gap_pace_ms=2.0,
-    stream_levels=(10,), stream_pace_ms=50.0, stream_hold=0.4,
-    cold_runs=1, profile_seconds=0.0, lambda_block=0.1, lambda_reps=1,
+    stream_levels=(20,), stream_pace_ms=50.0, stream_hold=0.3,
+    cold_runs=1, profile_seconds=0.0, lambda_block=0.05, lambda_reps=1, settle=0.1, cold_burst=8, cold_conc=4,
 )
 
 
@@ -141,12 +151,18 @@ class Report:
     ratios: list[tuple[str, str]] = field(default_factory=list)
     limits: list[tuple[str, dict[str, float], str]] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    # AISIX next to the bare relay: (what, bare relay, AISIX, AISIX ÷ bare, target, ok)
+    bare_rows: list[tuple[str, str, str, str, str, bool | None]] = field(default_factory=list)
 
     def add(self, section: str, *lines: str) -> None:
         self.sections.setdefault(section, []).extend(lines)
 
     def target(self, what: str, target: str, measured: str, ok: bool | None) -> None:
         self.targets.append(Target(what, target, measured, ok))
+
+    def bare(self, what: str, bare: str, aisix: str, ratio_text: str, target: str, ok: bool | None) -> None:
+        """A row of the side-by-side table (and of the targets, when it has one)."""
+        self.bare_rows.append((what, bare, aisix, ratio_text, target, ok))
 
     def limit(self, phase: str, meter: Meter, load_wall: float | None = None) -> None:
         wall = load_wall or meter.wall
@@ -166,7 +182,19 @@ class Report:
                    "[--only nonstream,stream,gaps,profile,streams,lambda,cold] [--no-pin] [--out FILE]`. What each "
                    "number means is said in its section below; the code is in bench/.")
         out.append("")
-        summary = ["| what | target | measured | |", "|---|---|---|---|"]
+        summary: list[str] = []
+        if self.bare_rows:
+            summary += [
+                "AISIX next to a bare relay (raw ASGI + aiohttp, no logic, no auth: bench/bare_relay.py), same "
+                "upstream, same core, measured in the same run (issue 12's targets; what each row means and what "
+                "would close a gap: section \"Against a bare relay\"):", "",
+                "| | bare relay | AISIX | AISIX ÷ bare | target | |", "|---|---|---|---|---|---|",
+            ]
+            for what, bare_v, aisix_v, r, target, ok in self.bare_rows:
+                mark = "–" if ok is None else ("**pass**" if ok else "**miss**")
+                summary.append(f"| {what} | {bare_v} | {aisix_v} | {r} | {target} | {mark} |")
+            summary += ["", "Every target, this issue's and earlier ones:", ""]
+        summary += ["| what | target | measured | |", "|---|---|---|---|"]
         for t in self.targets:
             if t.ok is not None or t.target not in ("(reported)",):
                 mark = "–" if t.ok is None else ("**pass**" if t.ok else "**miss**")
@@ -291,6 +319,8 @@ class Context:
     ddb_per_request: dict[int, str] = field(default_factory=dict)
     only: set[str] | None = None
     moto_idle: bool = False
+    bare: Endpoint | None = None  # bench/bare_relay.py, the floor (started with the main gateway)
+    package_build: tuple[subprocess.Popen[str], float] | None = None  # the Lambda package being built, since
 
     def cores(self, which: set[int]) -> set[int] | None:
         return which if self.pin_cores else None
@@ -323,8 +353,11 @@ def ddb_text(calls: dict[str, int], sends: int, requests: int) -> str:
     return f"{total / requests:.3f} per request ({by_op}; HTTP attempts {sends / requests:.3f})"
 
 
+ANSWER_WORDS = 60  # a ~900-byte chat completion, the shape issue 12 measured
+
+
 def body(stream: bool = False, **bench: Any) -> dict[str, Any]:
-    b: dict[str, Any] = {"model": MODEL, "messages": MESSAGES, "bench": bench or {"words": 20}}
+    b: dict[str, Any] = {"model": MODEL, "messages": MESSAGES, "bench": bench or {"words": ANSWER_WORDS}}
     if stream:
         b["stream"] = True
     return b
@@ -367,11 +400,14 @@ CLIENTS: dict[str, Callable[[dict[str, Any]], tuple[str, dict[str, Any]]]] = {
 # The gateway's paths measured side by side: the pass-through, then each translated client.
 PATH_LABELS = {
     "direct": "direct",
+    "bare": "bare relay (raw ASGI + aiohttp, no logic)",
     "gateway": "gateway, pass-through (OpenAI chat client)",
     "anthropic": "gateway, translated (Anthropic Messages client)",
     "responses": "gateway, translated (OpenAI Responses client)",
 }
 TRANSLATED = ("anthropic", "responses")
+OVERLOAD_EXTRA = 50  # calls past the open-call limit in the overload check
+STREAM_CONC = 8  # concurrent streams in the CPU-per-chunk blocks (issue 12's scenario)
 
 
 def translated_endpoints(ctx: Context, gw: Endpoint) -> list[Endpoint]:
@@ -396,7 +432,9 @@ def clean_env() -> dict[str, str]:
     return env
 
 
-def start_tools(ctx: Context) -> None:
+def start_tools(ctx: Context, meanwhile: Callable[[], None] | None = None) -> None:
+    """moto and the upstream, the tables and the bench key; ``meanwhile`` starts other processes while they
+    come up (their addresses are known before they answer)."""
     py = sys.executable
     moto_port, up_port = free_port(), free_port()
     moto = Proc("moto", [py, "-m", "moto.server", "-p", str(moto_port)], ctx.env, ctx.tmp / "moto.log",
@@ -412,8 +450,6 @@ def start_tools(ctx: Context) -> None:
                     ctx.tmp / "upstream.log", cwd=str(ROOT), cores=ctx.cores(TOOLS_CORE)).start()
     ctx.procs["upstream"] = upstream
     ctx.moto_url = f"http://127.0.0.1:{moto_port}"
-    moto.wait_http(ctx.moto_url + "/moto-api/")
-    upstream.wait_http(f"http://127.0.0.1:{up_port}/health")
     ctx.upstream = Endpoint("direct", up_port, headers={"authorization": f"Bearer {UPSTREAM_KEY}"})
     ctx.env.update(
         AISIX_CONFIG=str(BENCH / "models.yaml"),
@@ -423,6 +459,10 @@ def start_tools(ctx: Context) -> None:
         AISIX_BENCH_UPSTREAM=f"http://127.0.0.1:{up_port}/v1",
         AISIX_BENCH_UPSTREAM_KEY=UPSTREAM_KEY,
     )
+    if meanwhile is not None:
+        meanwhile()
+    moto.wait_http(ctx.moto_url + "/moto-api/")
+    upstream.wait_http(f"http://127.0.0.1:{up_port}/health")
     # Tables and a key, the way an operator makes them (aisix.auth.issue_key), with limits
     # high enough never to refuse: rate limiting runs on every call but never says no.
     saved = dict(os.environ)
@@ -442,7 +482,8 @@ def start_tools(ctx: Context) -> None:
         os.environ.update(saved)
 
 
-def start_gateway(ctx: Context, tag: str, **extra_env: str) -> tuple[Proc, Endpoint]:
+def start_gateway(ctx: Context, tag: str, wait: bool = True, **extra_env: str) -> tuple[Proc, Endpoint]:
+    """``wait`` False: return at once (the endpoint's key header is set once the key exists: `ready`)."""
     port = free_port()
     proc = Proc(
         f"gateway-{tag}",
@@ -451,15 +492,45 @@ def start_gateway(ctx: Context, tag: str, **extra_env: str) -> tuple[Proc, Endpo
         cores=ctx.cores(GATEWAY_CORE),
     ).start()
     ctx.procs[f"gateway-{tag}"] = proc
-    proc.wait_http(f"http://127.0.0.1:{port}/health")
-    return proc, Endpoint("gateway", port, headers={"authorization": f"Bearer {ctx.secret}"})
+    endpoint = Endpoint("gateway", port)
+    return (ready(ctx, proc, endpoint) if wait else proc), endpoint
+
+
+def ready(ctx: Context, proc: Proc, endpoint: Endpoint) -> Proc:
+    """Wait until ``proc`` answers on ``endpoint``; a gateway's endpoint then gets the bench key."""
+    proc.wait_http(f"http://127.0.0.1:{endpoint.port}/health")
+    if endpoint.name == "gateway":
+        endpoint.headers = {"authorization": f"Bearer {ctx.secret}"}
+    return proc
+
+
+def start_bare(ctx: Context, tag: str, max_connections: int = 1000, wait: bool = True) -> tuple[Proc, Endpoint]:
+    """bench/bare_relay.py in front of the same upstream, on the gateway's core (never loaded at the same time)."""
+    assert ctx.upstream is not None
+    port = free_port()
+    proc = Proc(
+        f"bare-{tag}",
+        [sys.executable, "-m", "bench.bare_relay", "--port", str(port), "--upstream",
+         f"http://127.0.0.1:{ctx.upstream.port}/v1", "--max-connections", str(max_connections)],
+        ctx.env, ctx.tmp / f"bare-{tag}.log", cwd=str(ROOT), cores=ctx.cores(GATEWAY_CORE),
+    ).start()
+    ctx.procs[f"bare-{tag}"] = proc
+    endpoint = Endpoint("bare", port, headers={"authorization": f"Bearer {UPSTREAM_KEY}"})
+    return (ready(ctx, proc, endpoint) if wait else proc), endpoint
 
 
 def pids(ctx: Context, gateway: Proc, *extra: str) -> dict[str, int]:
     found = {"gateway": gateway.pid, "upstream": ctx.procs["upstream"].pid, "moto": ctx.procs["moto"].pid}
+    if "bare-main" in ctx.procs:
+        found["bare"] = ctx.procs["bare-main"].pid
     for name in extra:
         found[name] = ctx.procs[name].pid
     return found
+
+
+def proc_of(ep: Endpoint) -> str:
+    """Which measured process serves ``ep``: the upstream itself, the bare relay, or the gateway."""
+    return {"direct": "upstream", "bare": "bare"}.get(ep.name, "gateway")
 
 
 def check(resps: list[Response], stream_chunks: int | None = None) -> tuple[list[Response], list[str]]:
@@ -497,12 +568,13 @@ async def measure_block(
     resps = await closed_loop("127.0.0.1", endpoint.port, raw, conc, duration=duration,
                               max_requests=max_requests, sse=sse, keep_stamps=stamps, think=think)
     load_wall = time.monotonic() - t0
-    await asyncio.sleep(settle)  # post-call work (token charges) of the last answers
+    await asyncio.sleep(settle * ctx.plan.settle)  # post-call work (token charges) of the last answers
     meter.stop()
     good, errors = check(resps, chunks)
-    out: dict[str, Any] = {"meter": meter, "wall": load_wall, "good": good, "errors": errors, "n": len(good)}
+    out: dict[str, Any] = {"meter": meter, "wall": load_wall, "good": good, "errors": errors, "n": len(good),
+                           "resps": resps}
     if ddb_tag:
-        await asyncio.sleep(0.25)
+        await asyncio.sleep(0.25 * ctx.plan.settle)
         out["ddb"] = ddb_delta(before, ctx.ddb_counts(ddb_tag))  # type: ignore[arg-type]
     return out
 
@@ -515,27 +587,29 @@ def note_errors(ctx: Context, section: str, what: str, errors: list[str]) -> Non
 
 async def section_nonstream(ctx: Context, gateway: Proc, gw: Endpoint) -> None:
     s = "Non-streamed requests (uvicorn)"
-    plan, up = ctx.plan, ctx.upstream
-    assert up is not None
+    plan, up, bare = ctx.plan, ctx.upstream, ctx.bare
+    assert up is not None and bare is not None
     pid_map = pids(ctx, gateway)
-    paths = [up, gw, *translated_endpoints(ctx, gw)]
+    paths = [up, bare, gw, *translated_endpoints(ctx, gw)]
     raws = {ep.name: ep.request(body()) for ep in paths}
     ctx.report.add(
         s,
-        "Closed loop: each client connection sends the next request when the last answer has ended. "
+        f"Closed loop: each client connection sends the next request when the last answer has ended; the answer "
+        f"is a ~900-byte chat completion ({ANSWER_WORDS} words). "
         f"Blocks of {plan.block:g} s, the paths interleaved ×{plan.reps}. Key cache warm "
         "(production default `AISIX_KEY_CACHE_SECONDS=10`), RPM/TPM limits on the key, never reached. "
-        "CPU = gateway process `utime+stime` ÷ answered requests (post-call work of the last ones included). "
+        "CPU = serving process `utime+stime` ÷ answered requests (post-call work of the last ones included). "
+        "Bare relay: bench/bare_relay.py (raw ASGI + aiohttp, no auth, no logic) on the gateway's core. "
         "Pass-through: an OpenAI chat client, relayed as is; translated: the same request from an Anthropic "
         "Messages client (`POST /v1/messages`, `max_tokens` set, `x-api-key`) or an OpenAI Responses client "
         "(`POST /v1/responses`), to the same OpenAI-compatible upstream through the neutral model (the "
-        "upstream's options ride in the prompt as `#bench words=20`).",
+        f"upstream's options ride in the prompt as `#bench words={ANSWER_WORDS}`).",
         "",
-        "| concurrency | path | requests | req/s | p50 | p99 | added p50 | added p99 | p50 ratio | gateway CPU / request "
-        "| ÷ pass-through | upstream CPU / request |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| concurrency | path | requests | req/s | p50 | p99 | added p50 | added p99 | p50 ratio | CPU / request "
+        "| ÷ bare relay | ÷ pass-through | upstream CPU / request |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     )
-    for conc in (1, 32):
+    for conc in (1, 8):
         lat: dict[str, list[float]] = {ep.name: [] for ep in paths}
         n: Counter[str] = Counter()
         wall: Counter[str] = Counter()  # type: ignore[assignment]
@@ -550,24 +624,25 @@ async def section_nonstream(ctx: Context, gateway: Proc, gw: Endpoint) -> None:
                     b = await measure_block(ctx, up, raws[ep.name], conc, plan.block, pid_map, settle=0.1)
                     cpu_up_direct += b["meter"].cpu("upstream")
                 else:
-                    b = await measure_block(ctx, ep, raws[ep.name], conc, plan.block, pid_map, ddb_tag="uvicorn",
-                                            settle=0.5)
-                    cpu[ep.name] += b["meter"].cpu("gateway")
-                    sys_cpu[ep.name] += b["meter"].system("gateway")
+                    tag = None if ep is bare else "uvicorn"
+                    b = await measure_block(ctx, ep, raws[ep.name], conc, plan.block, pid_map, ddb_tag=tag,
+                                            settle=0.1 if ep is bare else 0.5)
+                    cpu[ep.name] += b["meter"].cpu(proc_of(ep))
+                    sys_cpu[ep.name] += b["meter"].system(proc_of(ep))
                     if ep is gw:
                         calls.update(b["ddb"][0])
                         sends += b["ddb"][1]
+                    ctx.report.limit(f"non-streamed c={conc}, {ep.name}", b["meter"], b["wall"])
                 lat[ep.name] += [r.latency_ms for r in b["good"]]
                 n[ep.name] += b["n"]
                 wall[ep.name] += b["wall"]
                 note_errors(ctx, s, f"{ep.name} c={conc}", b["errors"])
-                ctx.report.limit(f"non-streamed c={conc}, {ep.name}", b["meter"], b["wall"])
         p50d, p99d = percentile(lat["direct"], 50), percentile(lat["direct"], 99)
         up_req = cpu_up_direct / n["direct"] * 1000 if n["direct"] else float("nan")
         ctx.report.add(
             s,
             f"| {conc} | direct | {n['direct']} | {n['direct'] / wall['direct']:.0f} | {fmt_ms(p50d)} | {fmt_ms(p99d)} "
-            f"| | | | | | {fmt_ms(up_req)} |",
+            f"| | | | | | | {fmt_ms(up_req)} |",
         )
         cpu_req: dict[str, float] = {}
         for ep in paths[1:]:
@@ -576,12 +651,13 @@ async def section_nonstream(ctx: Context, gateway: Proc, gw: Endpoint) -> None:
             cpu_req[name] = cpu[name] / n[name] * 1000 if n[name] else float("nan")
             sys_req = sys_cpu[name] / n[name] * 1000 if n[name] else float("nan")
             rate = n[name] / wall[name] if wall[name] else float("nan")
-            vs = "" if name == "gateway" else ratio(cpu_req[name], cpu_req["gateway"])
+            vs_bare = "" if ep is bare else ratio(cpu_req[name], cpu_req["bare"])
+            vs = "" if name in ("gateway", "bare") else ratio(cpu_req[name], cpu_req["gateway"])
             ctx.report.add(
                 s,
                 f"| {conc} | {PATH_LABELS[name]} | {n[name]} | {rate:.0f} | {fmt_ms(p50g)} | {fmt_ms(p99g)} "
                 f"| {fmt_ms(p50g - p50d)} | {fmt_ms(p99g - p99d)} | {ratio(p50g, p50d)} | {fmt_ms(cpu_req[name])} "
-                f"(kernel {fmt_ms(sys_req)}) | {vs} | |",
+                f"(kernel {fmt_ms(sys_req)}) | {vs_bare} | {vs} | |",
             )
             if name == "gateway":
                 ctx.report.target(f"gateway CPU per non-streamed request, auth + rate limit, c={conc}", "≤ 1 ms",
@@ -593,7 +669,10 @@ async def section_nonstream(ctx: Context, gateway: Proc, gw: Endpoint) -> None:
                                           ratio(rate, n["direct"] / wall["direct"])))
                 ctx.report.ratios.append((f"CPU per request, c={conc}: gateway ÷ upstream (a unit of this "
                                           "machine's speed)", ratio(cpu_req[name], up_req)))
-        base = cpu_req["gateway"]
+        base, floor = cpu_req["gateway"], cpu_req["bare"]
+        ctx.report.bare(f"CPU per non-streamed request (~900-byte answer), c={conc}", fmt_ms(floor), fmt_ms(base),
+                        ratio(base, floor), "≤ 2.5×" if conc == 8 else "(reported)",
+                        base <= 2.5 * floor if conc == 8 else None)
         ctx.report.target(
             f"CPU per non-streamed request, translated (Anthropic / Responses client → OpenAI-compatible) "
             f"vs pass-through, c={conc}", "(reported)",
@@ -606,25 +685,73 @@ async def section_nonstream(ctx: Context, gateway: Proc, gw: Endpoint) -> None:
         ctx.report.add(s, f"- c={conc}: {text}")
     ctx.report.target("DynamoDB calls per non-streamed request (c=1)", "(reported)",
                       ctx.ddb_per_request[1].split(" (")[0], None)
+    await cold_burst(ctx, s, [up, bare, gw], pid_map)
+
+
+async def cold_burst(ctx: Context, s: str, paths: list[Endpoint], pid_map: dict[str, int]) -> None:
+    """p99 at c=cold_conc right after a burst of cold_burst new connections at once, each path in turn.
+
+    A burst leaves a relay with as many idle upstream connections as it had calls at once; a pool that
+    walks its idle connections on every request (httpx's) then makes each later request slower.
+    """
+    plan = ctx.plan
+    lat: dict[str, list[float]] = {ep.name: [] for ep in paths}
+    burst_lat: dict[str, list[float]] = {ep.name: [] for ep in paths}
+    for _ in range(plan.reps):
+        for ep in paths:
+            raw = ep.request(body())
+            await asyncio.sleep(0.5 * plan.settle)  # idle before the burst
+            burst = await closed_loop("127.0.0.1", ep.port, raw, plan.cold_burst, duration=60,
+                                      max_requests=plan.cold_burst)
+            good, errors = check(burst)
+            note_errors(ctx, s, f"cold burst of {plan.cold_burst}, {ep.name}", errors)
+            burst_lat[ep.name] += [r.latency_ms for r in good]
+            b = await measure_block(ctx, ep, raw, plan.cold_conc, plan.block, pid_map,
+                                    settle=0.1 if ep.name != "gateway" else 0.5)
+            note_errors(ctx, s, f"c={plan.cold_conc} after a cold burst, {ep.name}", b["errors"])
+            if ep.name != "direct":
+                ctx.report.limit(f"non-streamed c={plan.cold_conc} after a burst of {plan.cold_burst}, {ep.name}",
+                                 b["meter"], b["wall"])
+            lat[ep.name] += [r.latency_ms for r in b["good"]]
+    ctx.report.add(
+        s, "",
+        f"Right after a cold burst: {plan.cold_burst} new connections each send one request at once (after "
+        f"{0.5 * plan.settle:g} s idle), then a closed loop at c={plan.cold_conc} for {plan.block:g} s; latency of "
+        f"that loop. The paths interleaved ×{plan.reps}.",
+        "",
+        f"| path | burst of {plan.cold_burst}: p50 / max | then c={plan.cold_conc}: requests | p50 | p99 | p99 ÷ bare relay |",
+        "|---|---|---|---|---|---|",
+    )
+    p99 = {name: percentile(v, 99) for name, v in lat.items()}
+    for ep in paths:
+        name = ep.name
+        vs = "" if name in ("direct", "bare") else ratio(p99[name], p99["bare"])
+        ctx.report.add(s, f"| {PATH_LABELS[name]} | {fmt_ms(percentile(burst_lat[name], 50))} / "
+                          f"{fmt_ms(max(burst_lat[name], default=float('nan')))} | {len(lat[name])} | "
+                          f"{fmt_ms(percentile(lat[name], 50))} | {fmt_ms(p99[name])} | {vs} |")
+    ctx.report.bare(f"p99 at c={plan.cold_conc} right after a cold burst of {plan.cold_burst}", fmt_ms(p99["bare"]),
+                    fmt_ms(p99["gateway"]), ratio(p99["gateway"], p99["bare"]), "≤ 2×",
+                    p99["gateway"] <= 2 * p99["bare"])
 
 
 async def section_stream(ctx: Context, gateway: Proc, gw: Endpoint) -> None:
     """TTFT (c=1, burst of 100) and CPU per chunk (slope between two stream lengths), burst and paced, for the
     pass-through and each translated client, interleaved in the same blocks."""
     s = "Streamed requests (uvicorn)"
-    plan, up = ctx.plan, ctx.upstream
-    assert up is not None
+    plan, up, bare = ctx.plan, ctx.upstream, ctx.bare
+    assert up is not None and bare is not None
     pid_map = pids(ctx, gateway)
     block = plan.block
-    paths = [up, gw, *translated_endpoints(ctx, gw)]
-    gateways = paths[1:]
+    paths = [up, bare, gw, *translated_endpoints(ctx, gw)]
+    relays = paths[1:]  # the bare relay and the gateway's paths
+    gateways = paths[2:]
 
     # Time to first token: c=1, 100-chunk burst streams, the paths interleaved.
     ttft: dict[str, list[float]] = {ep.name: [] for ep in paths}
     for _ in range(plan.reps):
         for ep in paths:
             b = await measure_block(ctx, ep, ep.request(body(True, chunks=100)), 1, block, pid_map, sse=True,
-                                    chunks=100, settle=0.05 if ep is up else 0.3)
+                                    chunks=100, settle=0.05 if ep.name in ("direct", "bare") else 0.3)
             ttft[ep.name] += [r.ttft_ms for r in b["good"]]
             note_errors(ctx, s, f"TTFT {ep.name}", b["errors"])
     p50d, p99d = percentile(ttft["direct"], 50), percentile(ttft["direct"], 99)
@@ -643,7 +770,7 @@ async def section_stream(ctx: Context, gateway: Proc, gw: Endpoint) -> None:
         f"| direct | {len(ttft['direct'])} | {fmt_ms(p50d)} | {fmt_ms(p99d)} | | | |",
     )
     added_ttft: dict[str, float] = {}
-    for ep in gateways:
+    for ep in relays:
         p50g, p99g = percentile(ttft[ep.name], 50), percentile(ttft[ep.name], 99)
         added_ttft[ep.name] = p50g - p50d
         ctx.report.add(s, f"| {PATH_LABELS[ep.name]} | {len(ttft[ep.name])} | {fmt_ms(p50g)} | {fmt_ms(p99g)} | "
@@ -653,7 +780,7 @@ async def section_stream(ctx: Context, gateway: Proc, gw: Endpoint) -> None:
     ctx.report.add(s, "")
 
     # CPU per chunk: the slope between two stream lengths removes the per-request cost.
-    modes = [("burst", 0.0, plan.burst_lengths, 4), ("paced", plan.paced_ms, plan.paced_lengths, 16)]
+    modes = [("burst", 0.0, plan.burst_lengths, STREAM_CONC), ("paced", plan.paced_ms, plan.paced_lengths, STREAM_CONC)]
     ctx.report.add(
         s,
         "CPU per relayed chunk = slope of gateway CPU per stream between two stream lengths (so the "
@@ -664,7 +791,7 @@ async def section_stream(ctx: Context, gateway: Proc, gw: Endpoint) -> None:
         f"{plan.paced_ms:g} ms apart. The paths run in interleaved blocks, so the ratios to the pass-through "
         "are of the same minutes of this machine.",
         "",
-        "| mode | concurrency | chunks | path | streams | gateway CPU / stream | upstream CPU / stream (direct) | "
+        "| mode | concurrency | chunks | path | streams | CPU / stream (the relay's process) | upstream CPU / stream (direct) | "
         "DynamoDB calls / stream |",
         "|---|---|---|---|---|---|---|---|",
     )
@@ -682,14 +809,18 @@ async def section_stream(ctx: Context, gateway: Proc, gw: Endpoint) -> None:
                     if ep is up:
                         b = await measure_block(ctx, up, raw, conc, expected / rounds, pid_map, sse=True,
                                                 chunks=length, settle=0.05)
+                    elif ep is bare:
+                        b = await measure_block(ctx, ep, raw, conc, expected, pid_map, sse=True, chunks=length,
+                                                settle=0.1)
+                        ctx.report.limit(f"stream {mode} ×{length} c={conc}, {ep.name}", b["meter"], b["wall"])
                     else:
                         b = await measure_block(ctx, ep, raw, conc, expected, pid_map, sse=True, chunks=length,
                                                 ddb_tag=tag, settle=0.4)
                         ctx.report.limit(f"stream {mode} ×{length} c={conc}, {ep.name}", b["meter"], b["wall"])
                     note_errors(ctx, s, f"{mode} {length} {ep.name}", b["errors"])
                     a_ = acc[ep.name][length]
-                    a_["gw"] += b["meter"].cpu("gateway")
-                    a_["sys"] += b["meter"].system("gateway")
+                    a_["gw"] += b["meter"].cpu(proc_of(ep))
+                    a_["sys"] += b["meter"].system(proc_of(ep))
                     a_["up"] += b["meter"].cpu("upstream")
                     a_["n"] += b["n"]
                     a_["calls"] += sum(b["ddb"][0].values()) if "ddb" in b else 0
@@ -715,12 +846,12 @@ async def section_stream(ctx: Context, gateway: Proc, gw: Endpoint) -> None:
             ps = per_stream[ep.name]
             slopes[ep.name] = (ps[l2] - ps[l1]) / (l2 - l1) * 1e6
         up_slope = slopes["direct"]
-        for ep in gateways:
+        for ep in relays:
             ps, slope = per_stream[ep.name], slopes[ep.name]
             all_in = ps[l1] / l1 * 1e6
             fixed = ps[l1] * 1e6 - slope * l1
             sys_slope = (per_stream_sys[ep.name][l2] - per_stream_sys[ep.name][l1]) / (l2 - l1) * 1e6
-            vs = "" if ep is gw else f"; **{ratio(slope, slopes['gateway'])} the pass-through**"
+            vs = ("" if ep is gw or ep is bare else f"; **{ratio(slope, slopes['gateway'])} the pass-through**")
             ctx.report.add(
                 s, f"| **{mode}: per chunk** | | | {PATH_LABELS[ep.name]} | | **{fmt_us(slope)}** (kernel "
                    f"{fmt_us(sys_slope)}; all-in at {l1}: {fmt_us(all_in)}; per stream {fmt_ms(fixed / 1000)}{vs}) | "
@@ -728,6 +859,11 @@ async def section_stream(ctx: Context, gateway: Proc, gw: Endpoint) -> None:
             )
         slope = slopes["gateway"]
         all_in = per_stream["gateway"][l1] / l1 * 1e6
+        bare_all_in = per_stream["bare"][l1] / l1 * 1e6
+        limit = 1.5 if mode == "burst" else 1.3
+        ctx.report.bare(f"CPU per chunk, {l1}-chunk stream {'back to back' if mode == 'burst' else f'paced {plan.paced_ms:g} ms apart'}"
+                        f", c={conc} (all-in: CPU per stream ÷ {l1})", fmt_us(bare_all_in), fmt_us(all_in),
+                        ratio(all_in, bare_all_in), f"≤ {limit:g}×", all_in <= limit * bare_all_in)
         ctx.report.target(f"gateway CPU per relayed chunk, {mode}"
                           + (f" ({plan.paced_ms:g} ms apart)" if pace else ""),
                           "≤ 20 µs", f"{fmt_us(slope)} (all-in {fmt_us(all_in)})", slope <= 20)
@@ -741,9 +877,15 @@ async def section_stream(ctx: Context, gateway: Proc, gw: Endpoint) -> None:
                 + ": Anthropic / Responses client → OpenAI-compatible")
         ctx.report.target(what, "≤ 2× (issue 11)", measured, worst <= 2.0)
         ctx.report.target(what, "≤ 1.5× (issue 12)", measured, worst <= 1.5)
+        ctx.report.bare(f"translated stream (Anthropic / Responses client) CPU per chunk, {mode}, ÷ the pass-through "
+                        "(slope)", "", measured, f"{ratio(max(slopes[k] for k in TRANSLATED), slope)} (worst)",
+                        "≤ 1.5× the pass-through", worst <= 1.5)
     ctx.report.add(s, "")
     ctx.report.target("added time to first token, p50, c=1", "≤ 2 ms", fmt_ms(added_ttft["gateway"]),
                       added_ttft["gateway"] <= 2.0)
+    ctx.report.bare("added time to first token p50 (over the upstream itself), c=1", "+" + fmt_ms(added_ttft["bare"]),
+                    "+" + fmt_ms(added_ttft["gateway"]), ratio(added_ttft["gateway"], added_ttft["bare"]),
+                    "≤ bare + 0.5 ms", added_ttft["gateway"] <= added_ttft["bare"] + 0.5)
     ctx.report.target("added time to first token p50, c=1, translated (Anthropic / Responses client)", "(reported)",
                       " / ".join(fmt_ms(added_ttft[k]) for k in TRANSLATED)
                       + f"; pass-through {fmt_ms(added_ttft['gateway'])}", None)
@@ -870,14 +1012,15 @@ class SocketWrites:
                 "stamps": [[w[1], w[4]] for w in group if w[4]]}
 
 
-async def section_gaps(ctx: Context) -> None:
+async def section_gaps(ctx: Context, reuse: Endpoint | None = None) -> None:
+    """``reuse``: the main gateway, started with the write recorder (smoke only: it saves a process)."""
     s = "Chunk gaps and merging (uvicorn)"
     assert ctx.upstream is not None
     writes = ctx.tmp / "writes-gaps.json"
-    gateway, gw = start_gateway(ctx, "gaps", AISIX_BENCH_WRITES=str(writes))
+    gateway, gw = (None, reuse) if reuse else start_gateway(ctx, "gaps", AISIX_BENCH_WRITES=str(writes))
     try:
         await warm(ctx, gw, 20)
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5 * ctx.plan.settle)
         recorder = SocketWrites(writes, ctx.plan.gap_chunks + 3)
         recorder.seen = len(recorder._read())
         found: dict[str, GapData] = {}
@@ -885,7 +1028,8 @@ async def section_gaps(ctx: Context) -> None:
         await collect_gaps(ctx, gw, "gateway", found, runtime_writes=recorder, writes_suffix=SOCKET_SIDE)
         report_gaps(ctx, s, found, "gateway" + SOCKET_SIDE)
     finally:
-        gateway.stop()
+        if gateway is not None:
+            gateway.stop()
 
 
 def py_spy() -> str | None:
@@ -957,92 +1101,177 @@ async def section_profile(ctx: Context, gateway: Proc, gw: Endpoint) -> None:
     ], "uvicorn")
 
 
-async def section_concurrent(ctx: Context) -> None:
+@dataclass
+class HoldStep:
+    level: int
+    relayed: int
+    failed: int
+    ready_after: float
+    started: int
+    rss_kb: int
+    per_stream_kb: float
+    util: float
+    wait_p99: float
+    wait_max: float
+
+    @property
+    def ok(self) -> bool:
+        return self.relayed >= 0.99 * self.level
+
+
+async def hold_streams(ctx: Context, proc: Proc, ep: Endpoint, label: str,
+                       conns: list[tuple[Any, asyncio.Future[Response]]]) -> tuple[list[HoldStep], int]:
+    """Open slow streams through ``ep`` in steps (plan.stream_levels), holding each step; the steps and the
+    idle RSS. Stops at the first step that is not relayed. ``conns`` is left open for the caller."""
+    plan = ctx.plan
+    await warm(ctx, ep, 50)
+    await asyncio.sleep(1.0 * plan.settle)
+    base_rss = rss_kb(proc.pid)
+    pace = plan.stream_pace_ms
+    raw = ep.request(body(True, chunks=1_000_000, pace_ms=pace))
+    steps: list[HoldStep] = []
+    for level in plan.stream_levels:
+        t_open = time.monotonic()
+        while len(conns) < level:
+            conn = await connect("127.0.0.1", ep.port)
+            conns.append((conn, conn.request(raw, sse=True)))
+            if len(conns) % 50 == 0:
+                await asyncio.sleep(0.02)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and any(not c.resp.first_event_ns and not f.done() for c, f in conns):
+            await asyncio.sleep(0.05)
+        ready_after = time.monotonic() - t_open
+        started = sum(1 for c, _ in conns if c.resp.first_event_ns)
+        e0 = [c.resp.events for c, _ in conns]
+        for c, _ in conns:
+            c.resp.max_gap_ns = 0
+        meter = Meter({label: proc.pid, "upstream": ctx.procs["upstream"].pid, "moto": ctx.procs["moto"].pid}).start()
+        await asyncio.sleep(plan.stream_hold)
+        meter.stop()
+        now = time.monotonic_ns()
+        # Longest wait for a chunk during the hold, per stream (including the wait still running).
+        gaps = [max(c.resp.max_gap_ns, now - c.resp.last_event_ns) / 1e6 for c, _ in conns]
+        expected = plan.stream_hold * 1000 / pace
+        relayed = sum(1 for (c, f), before in zip(conns, e0) if not f.done() and c.resp.events - before >= expected / 2)
+        rss = rss_kb(proc.pid)
+        ctx.report.limit(f"{level} concurrent streams (hold), {label}", meter)
+        step = HoldStep(level, relayed, sum(1 for _, f in conns if f.done()), ready_after, started, rss,
+                        (rss - base_rss) / level, meter.cpu(label) / meter.wall, percentile(gaps, 99), max(gaps))
+        steps.append(step)
+        if not step.ok:
+            break
+    return steps, base_rss
+
+
+async def overload_answers(ctx: Context, ep: Endpoint, extra: int) -> tuple[Counter[int], list[float]]:
+    """``extra`` more streamed calls, one connection each, while the process is full: statuses and times to the
+    status line (ms)."""
+    raw = ep.request(body(True, chunks=1_000_000, pace_ms=ctx.plan.stream_pace_ms))
+    conns = [await connect("127.0.0.1", ep.port) for _ in range(extra)]
+    futures = [c.request(raw, sse=True) for c in conns]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not all(c.resp.headers_ns or f.done() for c, f in zip(conns, futures)):
+        await asyncio.sleep(0.01)
+    statuses = Counter(c.resp.status if c.resp.status != 503 or c.resp.headers.get("retry-after") else -503
+                       for c in conns)  # -503: a 503 without Retry-After
+    waits = [(c.resp.headers_ns - c.resp.sent_ns) / 1e6 for c in conns if c.resp.headers_ns]
+    for c in conns:
+        c.close()
+    return statuses, waits
+
+
+async def section_concurrent(ctx: Context, reuse: dict[str, tuple[Proc, Endpoint]] | None = None) -> None:
+    """``reuse``: the main bare relay and gateway (smoke only: the gateway started with the open-call limit)."""
     s = "Concurrent streams (uvicorn)"
     plan = ctx.plan
     cap = max(plan.stream_levels) * 2
-    gateway, gw = start_gateway(ctx, "streams", AISIX_UPSTREAM_MAX_CONNECTIONS=str(cap))
-    try:
-        await warm(ctx, gw, 50)
-        await asyncio.sleep(1.0)
-        base_rss = rss_kb(gateway.pid)
-        pace = plan.stream_pace_ms
-        raw = gw.request(body(True, chunks=1_000_000, pace_ms=pace))
-        ctx.report.add(
-            s,
-            f"A fresh gateway process (warmed with a few requests; idle RSS {base_rss / 1024:.1f} MiB), "
-            f"`AISIX_UPSTREAM_MAX_CONNECTIONS={cap}` (the default, 1000, would queue every stream beyond "
-            f"1000 before it reaches the upstream). Slow streams: one chunk every {pace:g} ms, opened in "
-            f"steps; at each step every stream must have had its first chunk, then for {plan.stream_hold:g} s "
-            "each must keep receiving (≥ half the chunks its pace allows) to count as relayed; the longest wait "
-            f"for a chunk would be {pace:g} ms if every chunk were relayed at once. "
-            "Memory per stream = (RSS − idle RSS) ÷ open streams.",
-            "",
-            "| open streams | relayed | all had a first chunk after | RSS | KB per stream | gateway CPU | longest wait for a chunk, p99 / max |",
-            "|---|---|---|---|---|---|---|",
-        )
+    limit = max(plan.stream_levels)  # the guard set at the last step: every step is admitted, the next call is not
+    pace = plan.stream_pace_ms
+    ctx.report.add(
+        s,
+        f"A fresh process for each relay (warmed with a few requests), the bare relay first, then the gateway with "
+        f"`AISIX_UPSTREAM_MAX_CONNECTIONS={cap}` (the default, 1000, would queue every stream beyond 1000 before it "
+        f"reaches the upstream) and `AISIX_MAX_OPEN_CALLS={limit}` (the largest step, so the guard admits every "
+        f"step; then {OVERLOAD_EXTRA if not plan.smoke else 3} more calls must be refused at once). Slow streams: "
+        f"one chunk every {pace:g} ms ({1000 / pace:g} events/s), opened in steps; at each step every stream must "
+        f"have had its first chunk, then for {plan.stream_hold:g} s each must keep receiving (≥ half the chunks its "
+        "pace allows) to count as relayed; the longest wait for a chunk would be "
+        f"{pace:g} ms if every chunk were relayed at once. Memory per stream = (RSS − idle RSS) ÷ open streams.",
+        "",
+        "| relay | open streams | relayed | all had a first chunk after | RSS | KB per stream | CPU | longest wait "
+        "for a chunk, p99 / max |",
+        "|---|---|---|---|---|---|---|---|",
+    )
+    found: dict[str, list[HoldStep]] = {}
+    overload: tuple[Counter[int], list[float]] | None = None
+    for label in ("bare", "gateway"):
         conns: list[tuple[Any, asyncio.Future[Response]]] = []
-        best, at_target = 0, None
-        for level in plan.stream_levels:
-            t_open = time.monotonic()
-            while len(conns) < level:
-                conn = await connect("127.0.0.1", gw.port)
-                conns.append((conn, conn.request(raw, sse=True)))
-                if len(conns) % 50 == 0:
-                    await asyncio.sleep(0.02)
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and any(
-                not c.resp.first_event_ns and not f.done() for c, f in conns
-            ):
-                await asyncio.sleep(0.05)
-            ready_after = time.monotonic() - t_open
-            started = sum(1 for c, _ in conns if c.resp.first_event_ns)
-            e0 = [c.resp.events for c, _ in conns]
-            for c, _ in conns:
-                c.resp.max_gap_ns = 0
-            meter = Meter({"gateway": gateway.pid, "upstream": ctx.procs["upstream"].pid,
-                           "moto": ctx.procs["moto"].pid}).start()
-            await asyncio.sleep(plan.stream_hold)
-            meter.stop()
-            now = time.monotonic_ns()
-            # Longest wait for a chunk during the hold, per stream (including the wait still running).
-            gaps = [max(c.resp.max_gap_ns, now - c.resp.last_event_ns) / 1e6 for c, _ in conns]
-            expected = plan.stream_hold * 1000 / pace
-            relayed = sum(1 for (c, f), before in zip(conns, e0)
-                          if not f.done() and c.resp.events - before >= expected / 2)
-            rss = rss_kb(gateway.pid)
-            per_stream = (rss - base_rss) / level
-            util = meter.cpu("gateway") / meter.wall
-            ctx.report.limit(f"{level} concurrent streams (hold)", meter)
-            ok = relayed >= 0.99 * level
-            if ok:
-                best = level
-            if level >= 1000 and at_target is None:
-                at_target = (level, relayed, per_stream, ok)
-            failed = sum(1 for _, f in conns if f.done())
-            ctx.report.add(
-                s,
-                f"| {level} | {relayed}{'' if not failed else f' ({failed} ended early)'} | "
-                f"{ready_after:.1f} s ({started} started) | {rss / 1024:.1f} MiB | {per_stream:.1f} | "
-                f"{util * 100:.0f}% of a core | {percentile(gaps, 99):.0f} / {max(gaps):.0f} ms |",
-            )
-            if not ok:
-                break
-        for conn, _ in conns:
-            conn.close()
-        await asyncio.sleep(0.2 if plan.smoke else 3.0)
-        ctx.report.add(s, "", f"Most streams relayed at once: **{best}** (largest step with ≥ 99% relayed).")
-        if at_target is None:
-            level = max(plan.stream_levels)
-            ctx.report.target("concurrent streams in one process, ≤ 64 KB each", "≥ 1,000 at ≤ 64 KB",
-                              f"{best} (smoke: steps stop at {level})", None)
+        if reuse:
+            proc, ep = reuse[label]
+        elif label == "bare":
+            proc, ep = start_bare(ctx, "streams", max_connections=cap)
         else:
-            level, relayed, per_stream, ok = at_target
-            ctx.report.target("concurrent streams in one process, ≤ 64 KB each", "≥ 1,000 at ≤ 64 KB",
-                              f"{best} relayed; {per_stream:.0f} KB each at {level}",
-                              ok and per_stream <= 64 and best >= 1000)
-    finally:
-        gateway.stop()
+            proc, ep = start_gateway(ctx, "streams", AISIX_UPSTREAM_MAX_CONNECTIONS=str(cap),
+                                     AISIX_MAX_OPEN_CALLS=str(limit))
+        try:
+            steps, base_rss = await hold_streams(ctx, proc, ep, label, conns)
+            found[label] = steps
+            for st in steps:
+                ended = f" ({st.failed} ended early)" if st.failed else ""
+                ctx.report.add(s, f"| {PATH_LABELS[label if label == 'bare' else 'gateway']} | {st.level} | "
+                                  f"{st.relayed}{ended} | {st.ready_after:.1f} s ({st.started} started) | "
+                                  f"{st.rss_kb / 1024:.1f} MiB (idle {base_rss / 1024:.1f}) | {st.per_stream_kb:.1f} | "
+                                  f"{st.util * 100:.0f}% of a core | {st.wait_p99:.0f} / {st.wait_max:.0f} ms |")
+            if label == "gateway":
+                raw = ep.request(body(True, chunks=1_000_000, pace_ms=pace))
+                while len(conns) < limit:  # a step failed: fill up to the limit all the same (not measured)
+                    conn = await connect("127.0.0.1", ep.port)
+                    conns.append((conn, conn.request(raw, sse=True)))
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline and any(not c.resp.headers_ns and not f.done() for c, f in conns):
+                    await asyncio.sleep(0.05)
+                overload = await overload_answers(ctx, ep, 3 if plan.smoke else OVERLOAD_EXTRA)
+        finally:
+            for conn, _ in conns:
+                conn.close()
+            await asyncio.sleep(0.2 if plan.smoke else 2.0)
+            if not reuse:
+                proc.stop()
+    best = {k: max((st.level for st in v if st.ok), default=0) for k, v in found.items()}
+    ctx.report.add(s, "", "Most streams relayed at once (largest step with ≥ 99% relayed): "
+                          + ", ".join(f"{k}: **{v}**" for k, v in best.items()) + ".")
+
+    def kb_at_best(label: str) -> float:
+        ok = [st for st in found.get(label, []) if st.ok]
+        return ok[-1].per_stream_kb if ok else float("nan")
+
+    gw_kb, bare_kb = kb_at_best("gateway"), kb_at_best("bare")
+    ctx.report.bare(f"memory per open stream (at the largest step relayed, {pace:g} ms pace)",
+                    f"{bare_kb:.0f} KB", f"{gw_kb:.0f} KB", ratio(gw_kb, bare_kb), "≤ 32 KB", gw_kb <= 32)
+    ctx.report.bare(f"streams served at {1000 / pace:g} events/s each, one process on one core",
+                    f"{best.get('bare', 0)}", f"{best.get('gateway', 0)}",
+                    ratio(best.get("gateway", 0), best.get("bare", 0)), "≥ 2,000",
+                    best.get("gateway", 0) >= 2000 if not plan.smoke else None)
+    at_1000 = next((st for st in found.get("gateway", []) if st.level >= 1000), None)
+    ctx.report.target("concurrent streams in one process, ≤ 64 KB each", "≥ 1,000 at ≤ 64 KB",
+                      f"{best.get('gateway', 0)} relayed" + (f"; {at_1000.per_stream_kb:.0f} KB each at {at_1000.level}"
+                                                              if at_1000 else " (smoke: no step of 1,000)"),
+                      None if at_1000 is None else at_1000.ok and at_1000.per_stream_kb <= 64)
+    if overload is None:
+        ctx.report.add(s, "", "Overload: not measured (the gateway did not start).")
+        ctx.report.target("past AISIX_MAX_OPEN_CALLS, a prompt 503 with Retry-After", "all refused at once",
+                          "not measured", None)
+    else:
+        statuses, waits = overload
+        ctx.report.add(s, "", f"Overload: with {limit} streams open (`AISIX_MAX_OPEN_CALLS={limit}`), "
+                              f"{sum(statuses.values())} more streamed calls, one new connection each: statuses "
+                              + ", ".join(f"{k}: {v}" for k, v in sorted(statuses.items()))
+                              + f"; status line after p50 {fmt_ms(percentile(waits, 50))}, max "
+                              f"{fmt_ms(max(waits, default=float('nan')))}.")
+        ok = statuses.get(503, 0) == sum(statuses.values())
+        ctx.report.target("past AISIX_MAX_OPEN_CALLS, a prompt 503 with Retry-After", "all refused at once",
+                          f"{statuses.get(503, 0)} of {sum(statuses.values())} got 503, max "
+                          f"{fmt_ms(max(waits, default=float('nan')))}", ok)
 
 
 async def start_lambda(ctx: Context, app: str, tag: str, **extra_env: str) -> tuple[Proc, int, Endpoint, int]:
@@ -1307,15 +1536,28 @@ def provider_modules(path: Path, env: dict[str, str]) -> tuple[set[str], set[str
 COLD_EMULATORS = ("aisix.local.lambda_emulator", "aisix.local.emulator", "aisix.lambda_runtime.emulator")
 
 
-def build_lambda_package(ctx: Context) -> tuple[Path, int, float]:
-    """tools/lambda_package.py for this interpreter (what `sam build` ships, copied from this venv): dir, zip bytes, s."""
+def start_package_build(ctx: Context) -> None:
+    """Start tools/lambda_package.py for this interpreter (what `sam build` ships, copied from this venv).
+    Smoke mode starts it first thing, alongside everything else, and does not zip."""
     out = ctx.tmp / "lambda-package"
-    started = time.perf_counter()
-    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "lambda_package.py"), str(out), "--deps", "current",
-                           "--zip", str(out.with_suffix(".zip"))], cwd=str(ROOT), capture_output=True, text=True)
+    zipping = [] if ctx.plan.smoke else ["--zip", str(out.with_suffix(".zip"))]
+    ctx.package_build = (subprocess.Popen(
+        [sys.executable, str(ROOT / "tools" / "lambda_package.py"), str(out), "--deps", "current", *zipping],
+        cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True), time.perf_counter())
+
+
+def build_lambda_package(ctx: Context) -> tuple[Path, int | None, float]:
+    """The package (its build started by `start_package_build`): dir, zip bytes (None in smoke mode), s."""
+    if ctx.package_build is None:
+        start_package_build(ctx)
+    assert ctx.package_build is not None
+    proc, started = ctx.package_build
+    _, err = proc.communicate()
     if proc.returncode != 0:
-        raise RuntimeError(f"building the Lambda package failed:\n{proc.stderr[-2000:]}")
-    return out, out.with_suffix(".zip").stat().st_size, time.perf_counter() - started
+        raise RuntimeError(f"building the Lambda package failed:\n{err[-2000:]}")
+    out = ctx.tmp / "lambda-package"
+    zipped = out.with_suffix(".zip")
+    return out, zipped.stat().st_size if zipped.exists() else None, time.perf_counter() - started
 
 
 def cold_import(package: Path, env: dict[str, str], *flags: str) -> dict[str, Any]:
@@ -1390,11 +1632,13 @@ def section_cold(ctx: Context) -> None:
             if init_ms is not None:
                 inits.append(init_ms)
     # What the bytecode saves: the same import from a copy without it (-B: nothing written either).
-    sourceless = ctx.tmp / "lambda-package-source-only"
-    shutil.rmtree(sourceless, ignore_errors=True)
-    shutil.copytree(package, sourceless, ignore=shutil.ignore_patterns("__pycache__"))
-    source_only = cold_import(sourceless, env, "-B")["ms"]
-    shutil.rmtree(sourceless, ignore_errors=True)
+    source_only = float("nan")
+    if not ctx.plan.smoke:  # smoke: a copy of the whole package is too slow for what it shows
+        sourceless = ctx.tmp / "lambda-package-source-only"
+        shutil.rmtree(sourceless, ignore_errors=True)
+        shutil.copytree(package, sourceless, ignore=shutil.ignore_patterns("__pycache__"))
+        source_only = cold_import(sourceless, env, "-B")["ms"]
+        shutil.rmtree(sourceless, ignore_errors=True)
 
     def row(label: str, values: list[float], extra: str = "") -> str:
         return (f"| {label} | {statistics.median(values):.0f} ms | {min(values):.0f} ms | {max(values):.0f} ms |"
@@ -1404,7 +1648,7 @@ def section_cold(ctx: Context) -> None:
         s,
         f"From the Lambda package as `sam build` makes it (`tools/lambda_package.py --deps current`: this "
         f"interpreter, dependencies copied from this venv, bytecode precompiled unchecked-hash; built in "
-        f"{build_s:.0f} s, **{zipped / 2**20:.1f} MiB zipped**; Lambda's own, arm64 + Python 3.13, comes from "
+        f"{build_s:.0f} s, **{'not zipped (smoke)' if zipped is None else f'{zipped / 2**20:.1f} MiB zipped'}**; Lambda's own, arm64 + Python 3.13, comes from "
         f"`make package`). A fresh process per run ({len(imports)} runs after one to warm the file cache; median "
         f"shown), with Lambda's settings (`AWS_LAMBDA_FUNCTION_NAME` set, the bench models file, DynamoDB "
         f"endpoint set). Interpreter start alone (`python -I -S -c pass`): {statistics.median(bare):.0f} ms wall.",
@@ -1430,8 +1674,11 @@ def section_cold(ctx: Context) -> None:
     else:
         ctx.report.target("cold start: init, process start to the first /next (runtime emulator)", "≤ 250 ms",
                           "not measured: no runtime API emulator importable", None)
-    ctx.report.target("Lambda package, zipped", "≤ 12 MB", f"{zipped / 2**20:.1f} MiB (this interpreter's build)",
-                      zipped <= 12 * 1024 * 1024)
+    if zipped is None:
+        ctx.report.target("Lambda package, zipped", "≤ 12 MB", "not zipped in smoke mode", None)
+    else:
+        ctx.report.target("Lambda package, zipped", "≤ 12 MB", f"{zipped / 2**20:.1f} MiB (this interpreter's build)",
+                          zipped <= 12 * 1024 * 1024)
     # Where the time goes: python -X importtime from the package (top cumulative entries of the last run), and
     # what the protocol modules (dialects, providers, translation) add, as the median of their self times.
     runs: list[list[tuple[int, int, int, str]]] = []
@@ -1530,12 +1777,14 @@ async def run_all(ctx: Context) -> None:
     report, plan = ctx.report, ctx.plan
 
     async def guarded(section: str, fn: Callable[[], Awaitable[None]]) -> None:
+        started = time.monotonic()
         try:
             await fn()
         except Exception as exc:  # one broken section must not hide the others
             report.add(section, f"**failed:** `{type(exc).__name__}: {exc}`", "", "```",
                        traceback.format_exc()[-3000:], "```")
             report.failures.append(f"{section}: {type(exc).__name__}: {exc}")
+        print(f"{section}: {time.monotonic() - started:.1f} s", flush=True)
 
     only = ctx.only
     keys = {"nonstream": "Non-streamed requests (uvicorn)", "stream": "Streamed requests (uvicorn)",
@@ -1549,40 +1798,74 @@ async def run_all(ctx: Context) -> None:
         report.add(keys[key], "skipped: not selected (`--only`)")
         return False
 
-    start_tools(ctx)
-    local = [k for k in ("nonstream", "stream", "gaps", "profile") if wanted(k)]
-    if local:
-        gateway, gw = start_gateway(ctx, "uvicorn")
-        try:
-            await warm(ctx, gw, plan.warmup)
-            for ep in translated_endpoints(ctx, gw):  # first use imports a dialect's translation code
-                await warm(ctx, ep, max(8, plan.warmup // 3))
-            await warm(ctx, ctx.upstream, plan.warmup)  # type: ignore[arg-type]
-            if "nonstream" in local:
-                await guarded(keys["nonstream"], lambda: section_nonstream(ctx, gateway, gw))
-            if "stream" in local:
-                await guarded(keys["stream"], lambda: section_stream(ctx, gateway, gw))
-            if "gaps" in local:
-                await guarded(keys["gaps"], lambda: section_gaps(ctx))
-            if "profile" in local:
-                await guarded(keys["profile"], lambda: section_profile(ctx, gateway, gw))
-        finally:
-            gateway.stop()
-    if wanted("streams"):
-        await guarded(keys["streams"], lambda: section_concurrent(ctx))
-    if wanted("lambda"):
-        await guarded(keys["lambda"], lambda: section_lambda(ctx))
+    want_cold = wanted("cold")
+    if plan.smoke and want_cold:
+        start_package_build(ctx)
+    local = [k for k in ("nonstream", "stream", "profile") if wanted(k)]
+    # Smoke: the gaps and concurrent-streams sections reuse these two processes (fewer to start).
+    reuse = plan.smoke and (only is None or bool({"gaps", "streams"} & only))
+    main: list[tuple[Proc, Endpoint]] = []
+
+    def start_main() -> None:  # the gateway and the bare relay, started while moto comes up
+        if local or reuse:
+            extra = ({"AISIX_BENCH_WRITES": str(ctx.tmp / "writes-gaps.json"),
+                      "AISIX_MAX_OPEN_CALLS": str(max(plan.stream_levels))} if reuse else {})
+            main.append(start_gateway(ctx, "uvicorn", wait=False, **extra))
+            main.append(start_bare(ctx, "main", wait=False))
+
+    start_tools(ctx, start_main)
 
     async def cold() -> None:
         await asyncio.get_running_loop().run_in_executor(None, section_cold, ctx)
 
-    if wanted("cold"):
-        await guarded(keys["cold"], cold)
+    # Smoke measures nothing, so the sections with their own processes run alongside the main one
+    # (tests/test_bench_smoke.py stays short); a real run runs them one after the other.
+    aside: list[tuple[str, Callable[[], Awaitable[None]]]] = []
+    if wanted("gaps") and not plan.smoke:
+        aside.append((keys["gaps"], lambda: section_gaps(ctx)))
+    if wanted("streams") and not plan.smoke:
+        aside.append((keys["streams"], lambda: section_concurrent(ctx)))
+    if wanted("lambda"):
+        aside.append((keys["lambda"], lambda: section_lambda(ctx)))
+    if want_cold:
+        aside.append((keys["cold"], cold))
+    background = [asyncio.ensure_future(guarded(k, fn)) for k, fn in aside] if plan.smoke else []
+    try:
+        if main:
+            (gateway, gw), (bare_proc, ctx.bare) = main
+            try:
+                ready(ctx, gateway, gw)
+                ready(ctx, bare_proc, ctx.bare)
+                await warm(ctx, gw, plan.warmup)
+                for ep in translated_endpoints(ctx, gw):  # first use imports a dialect's translation code
+                    await warm(ctx, ep, max(8, plan.warmup // 3))
+                await warm(ctx, ctx.upstream, plan.warmup)  # type: ignore[arg-type]
+                await warm(ctx, ctx.bare, plan.warmup)
+                if "nonstream" in local:
+                    await guarded(keys["nonstream"], lambda: section_nonstream(ctx, gateway, gw))
+                if "stream" in local:
+                    await guarded(keys["stream"], lambda: section_stream(ctx, gateway, gw))
+                if "profile" in local:
+                    await guarded(keys["profile"], lambda: section_profile(ctx, gateway, gw))
+                if reuse and (only is None or "gaps" in only):
+                    await guarded(keys["gaps"], lambda: section_gaps(ctx, reuse=gw))
+                if reuse and (only is None or "streams" in only):
+                    assert ctx.bare is not None
+                    processes = {"bare": (bare_proc, ctx.bare), "gateway": (gateway, gw)}
+                    await guarded(keys["streams"], lambda: section_concurrent(ctx, reuse=processes))
+            finally:
+                gateway.stop()
+                ctx.procs["bare-main"].stop()
+        if not plan.smoke:
+            for key, fn in aside:
+                await guarded(key, fn)
+    finally:
+        await asyncio.gather(*background)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--smoke", action="store_true", help="every section, briefly (< 60 s); numbers meaningless")
+    parser.add_argument("--smoke", action="store_true", help="every section, briefly (~15 s); numbers meaningless")
     parser.add_argument("--out", type=Path, default=None, help=f"results file (default {DEFAULT_OUT.relative_to(ROOT)})")
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
     parser.add_argument("--only", help="comma-separated sections to run: nonstream, stream, gaps, profile, "

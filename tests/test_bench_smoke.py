@@ -1,8 +1,8 @@
 """The benchmark runs end to end in its smoke mode. No timing is checked here: ever.
 
 ``python -m bench.run --smoke`` starts moto's server, the fast upstream, the gateway
-(uvicorn, and the Lambda runtime through the emulator when it is there) and runs every
-section briefly. This only checks that it finishes and writes a results file with every
+(uvicorn, and the Lambda runtime through the emulator when it is there), the bare relay it is
+compared with, and runs every section briefly (the sections with their own processes alongside). This only checks that it finishes and writes a results file with every
 section, to a temporary path: bench/RESULTS.md is never touched. How long it takes is not
 checked (a busy machine is slow); the time-out only stops a hang.
 """
@@ -35,6 +35,7 @@ def test_bench_smoke_runs_end_to_end(tmp_path: Path) -> None:
         assert body, f"section {section!r} is empty"
         assert "did not run" not in body and "**failed:**" not in body, f"section {section!r}: {body[:500]}"
     assert "| what | target | measured |" in text
+    assert "| | bare relay | AISIX | AISIX ÷ bare | target | |" in text  # issue 12: ratios to a bare relay
     assert (results.stat().st_mtime_ns if results.exists() else None) == before, "smoke run touched bench/RESULTS.md"
 
 

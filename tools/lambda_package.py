@@ -143,6 +143,8 @@ def copy_from_current(out: Path, requirements: list[str]) -> None:
             parts = Path(str(file)).parts
             if parts[0] == ".." or "__pycache__" in parts or str(file).endswith(".pyc"):
                 continue  # console scripts outside site-packages; bytecode is compiled below
+            if parts[:2] == ("botocore", "data") and len(parts) > 3 and parts[2] not in BOTOCORE_SERVICES:
+                continue  # pruned below anyway: not copying them saves seconds per build
             source = Path(str(dist.locate_file(file)))
             target = out.joinpath(*parts)
             target.parent.mkdir(parents=True, exist_ok=True)
