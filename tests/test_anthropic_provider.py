@@ -131,9 +131,63 @@ def test_tool_choice(choice: str | None, name: str | None, expected: dict | None
 
 
 def test_max_tokens_default_then_the_model_default_then_the_request() -> None:
-    assert build(hello())[1]["max_tokens"] == DEFAULT_MAX_TOKENS == 4096
+    request = hello()
+    assert build(request)[1]["max_tokens"] == DEFAULT_MAX_TOKENS == 32000  # Claude Code's own default
+    assert "max_tokens 32000 (the default for Claude models)" in request.notes
     assert build(hello(), max_tokens=64000)[1]["max_tokens"] == 64000
     assert build(hello(max_tokens=10), max_tokens=64000)[1]["max_tokens"] == 10
+
+
+@pytest.mark.parametrize(("model", "expected"), [
+    ("claude-3-5-haiku-20241022", 8192), ("claude-3-haiku-20240307", 4096), ("claude-3-7-sonnet-latest", 32000),
+    ("claude-opus-4-1", 32000), ("claude-sonnet-4-5-20250929", 32000), ("claude-future-9", 32000),
+])
+def test_the_default_never_exceeds_an_older_models_output_limit(model: str, expected: int) -> None:
+    provider = AnthropicProvider(ModelConfig(name="c", provider="anthropic", model=model,
+                                             base_url="https://api.anthropic.com", timeout=30))
+    assert provider.messages_body(hello())["max_tokens"] == expected
+
+
+TOOL_LOOP = [Message("user", [TextPart("Run it")]), Message("assistant", [ToolCall("toolu_1", "Bash", "{}")]),
+             Message("user", [ToolResult("toolu_1", "done", name="Bash")])]
+
+
+def test_thinking_is_left_out_when_the_turn_continues_a_translated_tool_call() -> None:
+    """Anthropic refuses thinking when the last assistant turn's tool call comes without its thinking block,
+    which a history from another protocol never has: that turn goes without thinking."""
+    request = ChatRequest(messages=TOOL_LOOP, reasoning_effort="high")
+    _, body = build(request)
+    assert "thinking" not in body
+    assert any("thinking not sent" in note for note in request.notes)
+    _, body = build(ChatRequest(messages=TOOL_LOOP[:1], reasoning_effort="high"))
+    assert body["thinking"]["type"] == "enabled"
+
+
+def test_thinking_is_left_out_with_a_forced_tool_choice() -> None:
+    _, body = build(hello(reasoning_effort="high", tool_choice="required",
+                          tools=[Tool("f", None, {"type": "object"})]))
+    assert "thinking" not in body and body["tool_choice"] == {"type": "any"}
+
+
+def test_cache_marks_become_cache_control_and_a_cache_key_marks_system_and_the_last_turn() -> None:
+    marked = ChatRequest(messages=[Message("user", [TextPart("a", cache=True), TextPart("b")])], system="S",
+                         cache_system=True, cache_tools=True, tools=[Tool("f", None, {"type": "object"})])
+    _, body = build(marked)
+    assert body["system"] == [{"type": "text", "text": "S", "cache_control": {"type": "ephemeral"}}]
+    assert body["tools"][-1]["cache_control"] == {"type": "ephemeral"}
+    assert body["messages"][0]["content"] == [{"type": "text", "text": "a", "cache_control": {"type": "ephemeral"}},
+                                              {"type": "text", "text": "b"}]
+    _, body = build(ChatRequest(messages=TOOL_LOOP, system="S", cache_key="session-1"))
+    assert body["system"][0]["cache_control"] == {"type": "ephemeral"}
+    assert body["messages"][-1]["content"][-1]["cache_control"] == {"type": "ephemeral"}
+    assert "cache_control" not in json.dumps(build(hello(system="S"))[1])
+
+
+def test_at_most_four_cache_breakpoints_the_latest_kept() -> None:
+    parts = [TextPart(str(n), cache=True) for n in range(6)]
+    _, body = build(ChatRequest(messages=[Message("user", parts)], system="S", cache_system=True))
+    marked = [block["text"] for block in body["messages"][0]["content"] if "cache_control" in block]
+    assert marked == ["3", "4", "5"] and "cache_control" in body["system"][0]
 
 
 def test_reasoning_budget_becomes_thinking_and_max_tokens_makes_room() -> None:

@@ -12,7 +12,6 @@ import asyncio
 import base64
 import datetime
 import json
-import logging
 import re
 from dataclasses import replace
 from typing import Any, Iterator
@@ -33,7 +32,7 @@ from aisix.config import ModelConfig
 from aisix.errors import GatewayError
 from aisix.providers.client import make_upstream_client
 from aisix.local.mocks.bedrock import BedrockMock, encode_frame, event_frame, exception_frame
-from aisix.providers.bedrock import DEFAULT_MAX_TOKENS, BedrockProvider, BedrockStreamDecoder
+from aisix.providers.bedrock import BedrockProvider, BedrockStreamDecoder
 from aisix.translate.neutral import (
     ChatRequest,
     Finish,
@@ -127,11 +126,17 @@ def test_a_full_request_becomes_converse_json(service: Any) -> None:
 
 
 def test_max_tokens_comes_from_the_request_then_the_model_then_the_default() -> None:
-    def max_tokens(provider: BedrockProvider, request: ChatRequest) -> int:
-        return json.loads(build(provider, request).content)["inferenceConfig"]["maxTokens"]
+    def max_tokens(provider: BedrockProvider, request: ChatRequest) -> int | None:
+        return json.loads(build(provider, request).content).get("inferenceConfig", {}).get("maxTokens")
 
     hello = [Message("user", [TextPart("hi")])]
-    assert max_tokens(BedrockProvider(model()), ChatRequest(hello)) == DEFAULT_MAX_TOKENS
+    # Converse's own default for a model that needs none: the model's maximum (no small cap).
+    assert max_tokens(BedrockProvider(model()), ChatRequest(hello)) is None
+    # Anthropic models need one: Anthropic's rule (32,000, or an older model's lower limit).
+    claude = "us.anthropic.claude-sonnet-4-5-20250929-v1:0"
+    assert max_tokens(BedrockProvider(model(model=claude)), ChatRequest(hello)) == 32000
+    assert max_tokens(BedrockProvider(model(model="anthropic.claude-3-5-haiku-20241022-v1:0")),
+                      ChatRequest(hello)) == 8192
     assert max_tokens(BedrockProvider(model(max_tokens=777)), ChatRequest(hello)) == 777
     assert max_tokens(BedrockProvider(model(max_tokens=777)), ChatRequest(hello, max_tokens=55)) == 55
 
@@ -176,7 +181,7 @@ def test_images_by_url_are_refused_and_data_urls_are_carried() -> None:
     assert refused.value.status == 400
 
 
-def test_reasoning_is_sent_to_anthropic_models_only(caplog: pytest.LogCaptureFixture) -> None:
+def test_reasoning_is_sent_to_anthropic_and_nova_2_models_only(service: Any) -> None:
     hello = [Message("user", [TextPart("think")])]
     claude = BedrockProvider(model(model="us.anthropic.claude-sonnet-4-5-20250929-v1:0"))
     body = json.loads(build(claude, ChatRequest(hello, reasoning_budget=2048, max_tokens=8000)).content)
@@ -185,10 +190,49 @@ def test_reasoning_is_sent_to_anthropic_models_only(caplog: pytest.LogCaptureFix
     body = json.loads(build(claude, ChatRequest(hello, reasoning_effort="high")).content)
     budget = body["additionalModelRequestFields"]["thinking"]["budget_tokens"]
     assert body["inferenceConfig"]["maxTokens"] > budget  # Anthropic refuses a budget that leaves no room
-    with caplog.at_level(logging.DEBUG, logger="aisix.providers.bedrock"):
-        body = json.loads(build(BedrockProvider(model()), ChatRequest(hello, reasoning_effort="high")).content)
+    request = ChatRequest(hello, reasoning_effort="high")
+    body = json.loads(build(BedrockProvider(model()), request).content)
     assert "additionalModelRequestFields" not in body
-    assert "reasoning ignored" in caplog.text
+    assert "reasoning dropped (this Bedrock model takes none through Converse)" in request.notes
+    nova2 = BedrockProvider(model(model="us.amazon.nova-2-lite-v1:0"))
+    body = json.loads(build(nova2, ChatRequest(hello, reasoning_effort="medium")).content)
+    assert body["additionalModelRequestFields"] == {"reasoningConfig": {"type": "enabled",
+                                                                        "maxReasoningEffort": "medium"}}
+    body = json.loads(build(nova2, ChatRequest(hello, reasoning_budget=2048)).content)
+    assert body["additionalModelRequestFields"]["reasoningConfig"]["maxReasoningEffort"] == "low"
+    assert_valid_converse(service, "m", body)
+
+
+def test_thinking_is_left_out_when_the_turn_continues_a_translated_tool_call() -> None:
+    claude = BedrockProvider(model(model="us.anthropic.claude-sonnet-4-5-20250929-v1:0"))
+    loop = [Message("user", [TextPart("run")]), Message("assistant", [ToolCall("c1", "Bash", "{}")]),
+            Message("user", [ToolResult("c1", "done")])]
+    request = ChatRequest(loop, reasoning_effort="high")
+    body = json.loads(build(claude, request).content)
+    assert "additionalModelRequestFields" not in body
+    assert any("thinking not sent" in note for note in request.notes)
+
+
+@pytest.mark.parametrize(("model_id", "cached"), [
+    ("us.anthropic.claude-sonnet-4-5-20250929-v1:0", True), ("anthropic.claude-3-5-haiku-20241022-v1:0", True),
+    ("amazon.nova-lite-v1:0", True), ("anthropic.claude-3-haiku-20240307-v1:0", False),
+    ("meta.llama3-70b-instruct-v1:0", False),
+])
+def test_cache_marks_become_cache_points_for_models_that_take_them(service: Any, model_id: str,
+                                                                   cached: bool) -> None:
+    request = ChatRequest([Message("user", [TextPart("doc", cache=True), TextPart("question")])], system="S",
+                          cache_system=True, cache_tools=True, tools=[WEATHER])
+    body = json.loads(build(BedrockProvider(model(model=model_id)), request).content)
+    points = json.dumps(body).count('"cachePoint"')
+    if not cached:
+        assert points == 0 and any("prompt caching dropped" in note for note in request.notes)
+        return
+    assert body["system"] == [{"text": "S"}, {"cachePoint": {"type": "default"}}]
+    assert body["messages"][0]["content"] == [{"text": "doc"}, {"cachePoint": {"type": "default"}},
+                                              {"text": "question"}]
+    # Tools take a cache point on Anthropic models only (Nova: system and messages).
+    assert (body["toolConfig"]["tools"][-1] == {"cachePoint": {"type": "default"}}) == ("anthropic" in model_id)
+    assert_valid_converse(service, "m", body)
 
 
 def test_tool_call_arguments_that_are_not_an_object_are_refused() -> None:

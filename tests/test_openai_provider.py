@@ -95,13 +95,32 @@ def test_a_conversation_becomes_chat_completions_json_the_sdk_accepts() -> None:
 
 
 def test_stream_asks_for_usage_and_reasoning_effort_is_sent_only_when_set() -> None:
-    p = provider()
+    p = provider(model="o4-mini")
     request = ChatRequest([Message("user", [TextPart("hi")])], reasoning_effort="low")
     body = body_of(p, request, stream=True)
     assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
     assert body["reasoning_effort"] == "low"
     p.accepts_stream_options = False  # a strict server refused it before: not asked again
     assert "stream_options" not in body_of(p, request, stream=True)
+
+
+@pytest.mark.parametrize(("model", "sent"), [
+    ("gpt-4o-mini", None), ("llama3", None), ("gpt-5-chat-latest", None), ("o3", "high"), ("gpt-5-mini", "high"),
+    ("openai/gpt-oss-120b", "high"),
+])
+def test_reasoning_effort_goes_to_reasoning_models_only(model: str, sent: str | None) -> None:
+    """OpenAI refuses reasoning_effort on other models (gpt-4o-mini: 400): there it is dropped, and said."""
+    request = ChatRequest([Message("user", [TextPart("hi")])], reasoning_effort="high")
+    assert body_of(provider(model=model), request).get("reasoning_effort") == sent
+    assert any(note.startswith("reasoning") for note in request.notes)
+    budget = ChatRequest([Message("user", [TextPart("hi")])], reasoning_budget=2048)
+    assert body_of(provider(model=model), budget).get("reasoning_effort") == (sent and "low")
+
+
+def test_prompt_cache_key_goes_to_openai_itself_only() -> None:
+    request = ChatRequest([Message("user", [TextPart("hi")])], cache_key="session-1")
+    assert body_of(provider(base_url="https://api.openai.com/v1"), request)["prompt_cache_key"] == "session-1"
+    assert "prompt_cache_key" not in body_of(provider(), request)
 
 
 @pytest.mark.parametrize("choice, name, expected", [

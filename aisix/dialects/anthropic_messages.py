@@ -15,8 +15,16 @@ types (the tests validate with them). Errors are Anthropic's shape,
 stream. Claude Code matters most here: it rejects a stream whose
 ``message_start`` reports zero input tokens, sends its key as ``x-api-key`` or
 (with ``ANTHROPIC_AUTH_TOKEN``) as a Bearer token, and sends fields that only
-tune Anthropic's service (`DROPPED_FIELDS`), thinking blocks from earlier turns
-and ``cache_control`` markers, which a translated call leaves behind.
+tune Anthropic's service (`DROPPED_FIELDS`) and thinking blocks from earlier
+turns, which a translated call leaves behind, and ``cache_control`` markers,
+which become the provider's own prompt caching where it has one
+(``ChatRequest.cache_*``, ``TextPart.cache``). A top-level field this module
+does not know (a newer Claude Code sends one before the gateway learns of it)
+is dropped too, not refused: what it asks of Anthropic's service cannot be
+asked of another provider, and refusing it would break the client on every
+call. Whatever is dropped or mapped is named in the call's one log line
+(``ChatRequest.notes``); only what would change the answer's meaning (server
+tools, structured output, images in tool results, documents, ...) is a 400.
 """
 
 from __future__ import annotations
@@ -65,16 +73,17 @@ MAPPED_FIELDS = frozenset({
     "model", "messages", "max_tokens", "system", "tools", "tool_choice", "stop_sequences", "temperature",
     "top_p", "stream", "thinking", "output_config",
 })
-# Dropped on a translated call, with a debug log line: they tune Anthropic's own service
+# Dropped on a translated call, named in the call's log line: they tune Anthropic's own service
 # (metadata.user_id is Anthropic's abuse tracking: never passed on as a user field;
 # service_tier, speed; context_management clears old tool results on Anthropic's side;
-# cache_control asks for Anthropic's prompt cache; diagnostics are Anthropic's cache
-# reports) or name Anthropic betas. Without them the answer is still a correct answer.
+# cache_control (top level) asks for Anthropic's automatic prompt cache; diagnostics are
+# Anthropic's cache reports) or name Anthropic betas. Without them the answer is still a
+# correct answer. Any other field (container, mcp_servers, top_k, inference_geo, a field of a
+# newer API version, ...) is dropped the same way: refusing it would break a client such as
+# Claude Code on every call, for a setting only Anthropic's service could honour.
 DROPPED_FIELDS = frozenset({
     "metadata", "service_tier", "context_management", "betas", "cache_control", "speed", "diagnostics",
 })
-# Anything else (container, mcp_servers, top_k, inference_geo, ...) is refused with a 400
-# naming it: its meaning cannot be carried to another provider.
 
 # Content blocks from earlier turns that are the model's own reasoning: another provider
 # cannot take them back, and the conversation means the same without them.
@@ -191,18 +200,18 @@ class AnthropicMessagesDialect(Dialect):
     # -- translation ------------------------------------------------------------------
 
     def to_chat(self, body: dict[str, Any]) -> ChatRequest:
-        unknown = sorted(key for key in body if key not in MAPPED_FIELDS and key not in DROPPED_FIELDS)
-        if unknown:
-            raise unsupported(unknown[0], WHERE)
-        dropped = sorted(key for key in body if key in DROPPED_FIELDS)
+        notes: list[str] = []
+        dropped = sorted(key for key in body if key not in MAPPED_FIELDS)
         if dropped:
-            log.debug("anthropic_messages: dropped %s on a translated call", ", ".join(dropped))
-        system = _system(body.get("system"))
+            notes.append("dropped " + ", ".join(dropped))
+        system, cache_system = _system(body.get("system"))
         system_parts = [system] if system else []
-        messages = _messages(body["messages"], system_parts)
-        tools = _tools(body.get("tools"))
+        messages = _messages(body["messages"], system_parts, notes)
+        tools, cache_tools = _tools(body.get("tools"))
         choice, choice_name = _tool_choice(body.get("tool_choice"))
         effort, budget = _reasoning(body.get("thinking"), body.get("output_config"))
+        if effort or budget:
+            notes.append(f"thinking {_thinking_said(body)}")
         return ChatRequest(
             messages=messages,
             system="\n\n".join(system_parts) or None,
@@ -216,6 +225,9 @@ class AnthropicMessagesDialect(Dialect):
             stream=body.get("stream") is True,
             reasoning_effort=effort,
             reasoning_budget=budget,
+            cache_system=cache_system,
+            cache_tools=cache_tools,
+            notes=notes,
         )
 
     # -- answers ------------------------------------------------------------------------
@@ -258,14 +270,31 @@ class AnthropicMessagesDialect(Dialect):
 # -- request pieces -------------------------------------------------------------------
 
 
-def _system(raw: Any) -> str | None:
+def _system(raw: Any) -> tuple[str | None, bool]:
+    """The system prompt's text, and whether a block of it is marked for caching."""
     if raw is None:
-        return None
+        return None, False
     if isinstance(raw, str):
-        return raw
+        return raw, False
     if isinstance(raw, list):
-        return "\n\n".join(_text_blocks(raw, "system"))
+        return "\n\n".join(_text_blocks(raw, "system")), any(_cached(block) for block in raw)
     raise _invalid("system", "Input should be a valid string or a list of text blocks")
+
+
+def _cached(block: Any) -> bool:
+    return isinstance(block, dict) and isinstance(block.get("cache_control"), dict)
+
+
+def _thinking_said(body: dict[str, Any]) -> str:
+    """What the client asked for, in a few words (for the log line)."""
+    thinking = body.get("thinking") if isinstance(body.get("thinking"), dict) else {}
+    config = body.get("output_config") if isinstance(body.get("output_config"), dict) else {}
+    said = [str(thinking.get("type"))] if thinking else []
+    if thinking.get("budget_tokens"):
+        said.append(f"budget {thinking['budget_tokens']}")
+    if config.get("effort"):
+        said.append(f"effort {config['effort']}")
+    return " ".join(said)
 
 
 def _text_blocks(blocks: list[Any], where: str) -> list[str]:
@@ -279,23 +308,34 @@ def _text_blocks(blocks: list[Any], where: str) -> list[str]:
     return texts
 
 
-def _messages(raw: list[dict[str, Any]], system_parts: list[str]) -> list[Message]:
+def _messages(raw: list[dict[str, Any]], system_parts: list[str], notes: list[str]) -> list[Message]:
     messages: list[Message] = []
     names: dict[str, str] = {}  # tool_use id -> tool name, for the results (Gemini wants the name)
+    moved = thinking = 0
     for index, message in enumerate(raw):
         role, content, where = message["role"], message["content"], f"messages.{index}"
         if role == "system":  # not Anthropic's API, but clients send it: it joins the system prompt
             text = content if isinstance(content, str) else "\n\n".join(_text_blocks(content, f"{where}.content"))
             if text:
                 system_parts.append(text)
+            moved += 1
             continue
         if isinstance(content, str):
             parts: list[Part] = [TextPart(content)]
         else:
-            parts = [part for number, block in enumerate(content)
-                     if (part := _part(block, role, f"{where}.content.{number}", names)) is not None]
+            parts = []
+            for number, block in enumerate(content):
+                part = _part(block, role, f"{where}.content.{number}", names)
+                if part is None:
+                    thinking += 1
+                else:
+                    parts.append(part)
         if parts:
             messages.append(Message(role, parts))
+    if moved:
+        notes.append(f"{moved} role=system message(s) moved into the system prompt")
+    if thinking:
+        notes.append(f"dropped {thinking} thinking block(s) of earlier turns")
     return messages
 
 
@@ -304,7 +344,7 @@ def _part(block: dict[str, Any], role: str, where: str, names: dict[str, str]) -
     if kind == "text":
         if not isinstance(block.get("text"), str):
             raise _invalid(f"{where}.text", "Field required")
-        return TextPart(block["text"])
+        return TextPart(block["text"], cache=_cached(block))
     if kind == "image":
         return _image(block.get("source"), f"{where}.source")
     if kind == "tool_use" and role == "assistant":
@@ -323,9 +363,9 @@ def _part(block: dict[str, Any], role: str, where: str, names: dict[str, str]) -
             content = "\n\n".join(_text_blocks(content, f"{where}.content"))  # images in results: unsupported
         elif not isinstance(content, str):
             raise _invalid(f"{where}.content", "Input should be a valid string or a list of text blocks")
-        return ToolResult(call_id, content, is_error=block.get("is_error") is True, name=names.get(call_id))
+        return ToolResult(call_id, content, is_error=block.get("is_error") is True, name=names.get(call_id),
+                          cache=_cached(block))
     if kind in _DROPPED_BLOCKS and role == "assistant":
-        log.debug("anthropic_messages: dropped a %s block of an earlier turn on a translated call", kind)
         return None
     raise unsupported(f"{where}.type={kind}", WHERE)
 
@@ -339,9 +379,10 @@ def _image(source: Any, where: str) -> ImagePart:
     raise unsupported(f"{where}.type={kind}", WHERE)
 
 
-def _tools(raw: Any) -> list[Tool]:
+def _tools(raw: Any) -> tuple[list[Tool], bool]:
+    """The tools, and whether one is marked for caching (the cache then ends after the tools)."""
     if raw is None:
-        return []
+        return [], False
     if not isinstance(raw, list):
         raise _invalid("tools", "Input should be a valid list")
     tools = []
@@ -365,9 +406,9 @@ def _tools(raw: Any) -> list[Tool]:
         if not isinstance(schema, dict):
             raise _invalid(f"{where}.input_schema", "Input should be a valid dictionary")
         description = tool.get("description")
-        # cache_control, defer_loading, strict, eager_input_streaming: Anthropic-side hints, left behind.
+        # defer_loading, strict, eager_input_streaming: Anthropic-side hints, left behind.
         tools.append(Tool(tool["name"], description if isinstance(description, str) else None, schema))
-    return tools
+    return tools, any(_cached(tool) for tool in raw)
 
 
 def _tool_choice(raw: Any) -> tuple[Any, str | None]:

@@ -10,8 +10,10 @@ pass-through.
 What cannot be carried gets a 400 naming the field (`UNSUPPORTED_FIELDS`,
 and parts of messages such as audio). Fields that only tune OpenAI's own
 service or sampling, and that no other provider needs to answer correctly,
-are ignored (`IGNORED_FIELDS`); a field in neither list is ignored too, with
-a log line, so a newer SDK never fails a call for a field it adds.
+are ignored (`IGNORED_FIELDS`); a field in neither list is ignored too, so a
+newer SDK never fails a call for a field it adds. Either way the field is
+named in the call's one log line (``ChatRequest.notes``). ``prompt_cache_key``
+is carried as ``ChatRequest.cache_key``, for providers with prompt caching.
 
 The small helpers here (ids, data URLs, message merging) are shared with the
 Responses dialect.
@@ -168,10 +170,16 @@ def text_of(content: Any, field_name: str, kinds: tuple[str, ...] = ("text",)) -
     return "".join(texts)
 
 
-def log_ignored(body: dict[str, Any], known: frozenset[str], dialect: str) -> None:
-    unknown = [key for key in body if key not in known]
-    if unknown:
-        log.info("%s: ignored request fields %s on a translated call", dialect, ", ".join(sorted(unknown)))
+def ignored_notes(body: dict[str, Any], mapped: frozenset[str]) -> list[str]:
+    """The note naming the request's fields a translated call does not carry (for the call's log line)."""
+    ignored = sorted(key for key in body if key not in mapped)
+    return ["ignored " + ", ".join(ignored)] if ignored else []
+
+
+def cache_key(body: dict[str, Any]) -> str | None:
+    """``prompt_cache_key``: the client asks for its prompt prefix to be cached (`ChatRequest.cache_key`)."""
+    key = body.get("prompt_cache_key")
+    return key if isinstance(key, str) and key else None
 
 
 def usage_details(usage: "TokenUsage") -> dict[str, Any]:
@@ -218,7 +226,7 @@ class OpenAIChatDialect(Dialect):
 
     def to_chat(self, body: dict[str, Any]) -> ChatRequest:
         _refuse_unsupported(body)
-        log_ignored(body, MAPPED_FIELDS | IGNORED_FIELDS, self.name)
+        notes = ignored_notes(body, MAPPED_FIELDS)
         system, messages = _messages(body["messages"])
         tools = _tools(body.get("tools"))
         choice, choice_name = _tool_choice(body.get("tool_choice"))
@@ -238,6 +246,8 @@ class OpenAIChatDialect(Dialect):
             stop=_stop(body.get("stop")),
             stream=body.get("stream") is True,
             reasoning_effort=effort,
+            cache_key=cache_key(body),
+            notes=notes,
         )
 
     def chat_answer(self, answer: ChatResponse, call: "Call") -> dict[str, Any]:

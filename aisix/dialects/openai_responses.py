@@ -67,7 +67,7 @@ from ..translate.neutral import (
     unsupported,
 )
 from .base import Dialect
-from .openai_chat import append_message, image_from_url, log_ignored, new_id, number, positive_int
+from .openai_chat import append_message, cache_key, ignored_notes, image_from_url, new_id, number, positive_int
 
 if TYPE_CHECKING:
     from starlette.datastructures import Headers
@@ -121,11 +121,12 @@ class ToolTable:
     kind is "function" or "custom"; namespace is None for top-level tools.
     """
 
-    __slots__ = ("tools", "origin")
+    __slots__ = ("tools", "origin", "notes")
 
     def __init__(self, body: dict[str, Any]) -> None:
         self.tools: list[Tool] = []
         self.origin: dict[str, tuple[str, str | None, str]] = {}
+        self.notes: list[str] = []  # what was dropped or flattened, for the call's log line
         raw = body.get("tools")
         if raw is not None and not isinstance(raw, list):
             raise bad_request("'tools' must be an array.", param="tools")
@@ -152,6 +153,7 @@ class ToolTable:
             if not isinstance(name, str) or not name or not isinstance(members, list):
                 raise bad_request(f"{where} must have a 'name' and 'tools'.", param=where)
             described = tool.get("description")
+            self.notes.append(f"namespace {name} flattened to {name}{NAMESPACE_SEPARATOR}<name>")
             for index, member in enumerate(members):
                 self._add(member, f"{where}.tools[{index}]", name, described if isinstance(described, str) else None)
             return
@@ -179,12 +181,13 @@ class ToolTable:
                     raise bad_request(f"{where}.parameters must be a JSON Schema object.", param=f"{where}.parameters")
             else:
                 description, parameters = _custom_function(description, tool.get("format"))
+                self.notes.append(f"custom tool {flat} as a function of one string")
             self.origin[flat] = (kind, namespace, name)
             self.tools.append(Tool(name=flat, description=description, parameters=parameters))
             return
         if kind in WEB_SEARCH_TYPES or (isinstance(kind, str) and kind.startswith(WEB_SEARCH_TYPES)):
             if tool.get("external_web_access") is False:
-                log.info("openai_responses: %s tool (cached-only) dropped on a translated call", kind)
+                self.notes.append(f"{kind} tool (cached-only) dropped")
                 return
             raise unsupported(
                 f"{where}.type={kind}", WHERE + ": the gateway never runs a web search (Codex: web_search = \"cached\")"
@@ -278,8 +281,9 @@ class OpenAIResponsesDialect(Dialect):
 
     def to_chat(self, body: dict[str, Any]) -> ChatRequest:
         _refuse_unsupported(body)
-        log_ignored(body, MAPPED_FIELDS | IGNORED_FIELDS, self.name)
+        notes = ignored_notes(body, MAPPED_FIELDS)
         table = ToolTable(body)
+        notes.extend(table.notes)
         system: list[str] = []
         instructions = body.get("instructions")
         if isinstance(instructions, str):
@@ -304,6 +308,8 @@ class OpenAIResponsesDialect(Dialect):
             top_p=number(body, "top_p"),
             stream=body.get("stream") is True,
             reasoning_effort=effort,
+            cache_key=cache_key(body),
+            notes=notes,
         )
 
     def chat_answer(self, answer: ChatResponse, call: "Call") -> dict[str, Any]:

@@ -27,6 +27,7 @@ import httpx
 from ..config import ModelConfig
 from ..errors import GatewayError, bad_request, upstream_error
 from ..translate.neutral import (
+    CacheBreakpoints,
     ChatRequest,
     ChatResponse,
     Finish,
@@ -40,6 +41,7 @@ from ..translate.neutral import (
     ToolCallStart,
     ToolResult,
     UsageReport,
+    cache_breakpoints,
 )
 from ..usage import TokenUsage
 from .base import Provider, failed_after, in_stream_error, json_body, refusal
@@ -48,13 +50,22 @@ log = logging.getLogger("aisix.providers.anthropic")
 
 ANTHROPIC_VERSION = "2023-06-01"
 
-# The output budget sent when neither the client nor the model's ``max_tokens`` key says
-# one: Anthropic requires ``max_tokens`` on every call, and OpenAI clients usually send
-# none. 4096 fits every current Claude model (the smallest output cap is 4096, Claude 3
-# Haiku) so the default is never refused; a long answer may end with stop reason "length".
-# Issue 14 wants a documented per-model default instead of a small cap: that is the
-# models file's ``max_tokens`` key (`ModelConfig.max_tokens`), which wins over this.
-DEFAULT_MAX_TOKENS = 4096
+# The output budget sent when neither the client nor the model's ``max_tokens`` key says one
+# (Anthropic requires ``max_tokens`` on every call; Codex and most OpenAI clients send none):
+# 32,000 tokens, what Claude Code itself asks for, capped at the model's own output limit
+# for the older families whose limit is lower (`CLAUDE_OUTPUT_CAPS`, from Anthropic's models
+# overview). Not the model's full limit (64,000 for Sonnet 4.x, 128,000 for the newest):
+# Anthropic estimates the output-tokens-per-minute rate limit from ``max_tokens``, so a
+# larger default would refuse calls early on smaller accounts. The models file's
+# ``max_tokens`` key says otherwise per model. Bedrock's Anthropic models follow the same rule.
+DEFAULT_MAX_TOKENS = 32_000
+# Claude families whose output limit is below the default, by a fragment of the model id
+# (Anthropic's ids and Bedrock's alike: "claude-3-5-haiku-20241022", "anthropic.claude-3-haiku-...").
+CLAUDE_OUTPUT_CAPS = (
+    ("claude-3-5-haiku", 8192), ("claude-3-5-sonnet", 8192),
+    ("claude-3-haiku", 4096), ("claude-3-sonnet", 4096), ("claude-3-opus", 4096),
+    ("claude-v2", 4096), ("claude-instant", 4096),
+)
 
 # Anthropic refuses a thinking budget below this (``budget_tokens`` must be >= 1024).
 MIN_THINKING_BUDGET = 1024
@@ -108,6 +119,31 @@ def usage_from_anthropic(raw: Any, input_fallback: TokenUsage | None = None) -> 
                       cache_write_tokens=cache_write)
 
 
+def claude_max_tokens(model: ModelConfig) -> tuple[int, str]:
+    """The output budget for a call that sends none, and where it comes from (for the log line)."""
+    if model.max_tokens:
+        return model.max_tokens, "the models file's max_tokens"
+    name = model.model.lower()
+    for fragment, cap in CLAUDE_OUTPUT_CAPS:
+        if fragment in name:
+            return cap, f"the output limit of {fragment}"
+    return DEFAULT_MAX_TOKENS, "the default for Claude models"
+
+
+def last_turn_calls_tools(request: ChatRequest) -> bool:
+    """Whether the conversation's last assistant turn called a tool (the request continues a tool loop).
+
+    Claude with thinking on refuses such a request unless that turn's thinking block is
+    sent back ("a final assistant message must start with a thinking block"); a translated
+    history never has it (no other protocol carries Anthropic's signed thinking), so the
+    turn is answered without thinking instead.
+    """
+    for message in reversed(request.messages):
+        if message.role == "assistant":
+            return any(isinstance(part, ToolCall) for part in message.parts)
+    return False
+
+
 def messages_url(base_url: str, path: str = "/v1/messages") -> str:
     """``{base_url}/v1/messages``, whether ``base_url`` ends with ``/v1`` or not."""
     base = base_url.rstrip("/")
@@ -132,7 +168,7 @@ class AnthropicProvider(Provider):
             base["x-api-key"] = model.api_key
         self.headers = {**base, "accept": "application/json"}
         self.stream_headers = {**base, "accept": "text/event-stream"}
-        self.default_max_tokens = model.max_tokens or DEFAULT_MAX_TOKENS
+        self.default_max_tokens, self.default_max_tokens_source = claude_max_tokens(model)
 
     # -- chat ---------------------------------------------------------------------
 
@@ -145,32 +181,68 @@ class AnthropicProvider(Provider):
 
     def messages_body(self, request: ChatRequest) -> dict[str, Any]:
         """The Messages body for ``request`` (without ``stream``)."""
-        body: dict[str, Any] = {"model": self.model.model, "messages": _messages(request)}
-        max_tokens = request.max_tokens or self.default_max_tokens
+        notes = request.notes
+        marks = cache_breakpoints(request)
+        body: dict[str, Any] = {"model": self.model.model, "messages": _messages(request, marks)}
+        max_tokens = request.max_tokens
+        if not max_tokens:
+            max_tokens = self.default_max_tokens
+            log.debug("model %s: no max_tokens in the request, sending %d (%s)", self.model.name, max_tokens,
+                      self.default_max_tokens_source)
+            notes.append(f"max_tokens {max_tokens} ({self.default_max_tokens_source})")
         if request.system:
             body["system"] = request.system
+            if marks.system:
+                body["system"] = [{"type": "text", "text": request.system, "cache_control": {"type": "ephemeral"}}]
         if request.tools:
             body["tools"] = [_tool(tool.name, tool.description, tool.parameters) for tool in request.tools]
+            if marks.tools:
+                body["tools"][-1]["cache_control"] = {"type": "ephemeral"}
+        if marks:
+            notes.append(f"prompt caching: {marks.count()} cache_control breakpoint(s)")
         choice = _tool_choice(request)
         if choice is not None:
             body["tool_choice"] = choice
-        budget = request.reasoning_budget
-        if budget is None and request.reasoning_effort:
-            budget = EFFORT_BUDGETS.get(request.reasoning_effort, EFFORT_BUDGETS["high"])
+        budget = self._thinking_budget(request)
         if budget:
-            budget = max(budget, MIN_THINKING_BUDGET)
             if budget >= max_tokens:
                 # The budget counts inside max_tokens: keep the asked-for room for the answer itself.
                 max_tokens = budget + max_tokens
             body["thinking"] = {"type": "enabled", "budget_tokens": budget}
         body["max_tokens"] = max_tokens
         if request.temperature is not None:
-            body["temperature"] = request.temperature
+            if budget and request.temperature != 1:
+                notes.append("temperature dropped (Anthropic takes only 1 with thinking)")
+            else:
+                body["temperature"] = request.temperature
         if request.top_p is not None:
-            body["top_p"] = request.top_p
+            if budget and request.top_p < 0.95:
+                notes.append("top_p dropped (Anthropic takes 0.95 to 1 with thinking)")
+            else:
+                body["top_p"] = request.top_p
         if request.stop:
             body["stop_sequences"] = list(request.stop)
         return body
+
+    def _thinking_budget(self, request: ChatRequest) -> int | None:
+        """The thinking budget to send (None: no thinking), with what became of the request's reasoning noted."""
+        budget = request.reasoning_budget
+        if budget is None and request.reasoning_effort:
+            if request.reasoning_effort in ("none", "minimal"):
+                request.notes.append(f"reasoning effort {request.reasoning_effort}: no thinking")
+                return None
+            budget = EFFORT_BUDGETS.get(request.reasoning_effort, EFFORT_BUDGETS["high"])
+        if not budget:
+            return None
+        if request.tool_choice == "required" or request.tool_choice_name:
+            request.notes.append("thinking not sent (Anthropic refuses it with a forced tool choice)")
+            return None
+        if last_turn_calls_tools(request):
+            request.notes.append("thinking not sent this turn (the tool call's thinking block is not in the history)")
+            return None
+        budget = max(budget, MIN_THINKING_BUDGET)
+        request.notes.append(f"reasoning -> thinking budget_tokens {budget}")
+        return budget
 
     def chat_response(self, body: bytes) -> ChatResponse:
         message = _json_object(body)
@@ -257,11 +329,17 @@ class AnthropicProvider(Provider):
 # -- request pieces ------------------------------------------------------------------
 
 
-def _messages(request: ChatRequest) -> list[dict[str, Any]]:
+def _messages(request: ChatRequest, marks: CacheBreakpoints | None = None) -> list[dict[str, Any]]:
+    cached = set(marks.parts) if marks else set()
     messages: list[dict[str, Any]] = []
     for index, message in enumerate(request.messages):
-        blocks = [_block(part, index) for part in message.parts]
-        blocks = [block for block in blocks if block is not None]
+        blocks = []
+        for number, part in enumerate(message.parts):
+            block = _block(part, index)
+            if block is not None:
+                if (index, number) in cached:
+                    block["cache_control"] = {"type": "ephemeral"}
+                blocks.append(block)
         if not blocks:
             continue  # only empty text (an OpenAI assistant turn with content ""): Anthropic refuses empty blocks
         if message.role == "user":

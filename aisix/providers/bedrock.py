@@ -17,9 +17,13 @@ unsigned.
 
 Translation, and what cannot be carried:
 
-* ``max_tokens``: the request's, else the model's ``max_tokens``, else
-  `DEFAULT_MAX_TOKENS` (Converse lets some models default, but their defaults
-  differ and are small; one documented number is clearer).
+* ``max_tokens``: the request's, else the model's ``max_tokens``; else, for
+  Anthropic models, the Anthropic provider's rule (`claude_max_tokens`: 32,000,
+  or an older model's lower limit), and for the others none at all: Converse's
+  documented default is "the maximum allowed value for the model" (API
+  reference, InferenceConfiguration), which no fixed number here could match
+  across Nova, Llama, Mistral, ... (each default logged at debug and named in
+  the call's log line).
 * images: inline base64 (``png``, ``jpeg``, ``gif``, ``webp``) only; a URL is a 400.
 * ``tool_choice``: ``auto`` → ``{"auto": {}}``, ``required`` → ``{"any": {}}``, a
   named tool → ``{"tool": {"name"}}``. Converse has no "none": the tools are left
@@ -28,9 +32,19 @@ Translation, and what cannot be carried:
 * tool results: ``status: "error"`` for a failed tool; a successful one carries no
   status (the field is Anthropic-only on Bedrock, success is its meaning when absent).
 * reasoning: ``additionalModelRequestFields.thinking`` for Anthropic models (model id
-  containing ``anthropic``), with the budget asked for or `EFFORT_BUDGETS`; for other
-  models it is ignored, with a debug log. Reasoning blocks in answers are not text and
-  are not relayed.
+  containing ``anthropic``), with the budget asked for or `EFFORT_BUDGETS` (left out,
+  as on Anthropic's own API, when the turn continues a tool call whose thinking block
+  the history cannot carry, or the tool choice is forced); ``reasoningConfig``
+  (``maxReasoningEffort`` low/medium/high) for Amazon Nova 2 models (id containing
+  ``nova-2``, "Extended thinking in Amazon Nova 2"); dropped for other models, which
+  take none through Converse. Reasoning blocks in answers are not text and are not relayed.
+* prompt caching: the client's cache breakpoints (Anthropic's ``cache_control``) or
+  cache key (``prompt_cache_key``) become ``cachePoint`` blocks after the system
+  prompt, the marked content blocks and (Anthropic models only) the tools, at most 4,
+  for the models Bedrock caches for (`takes_cache_points`: Claude 3.5 Haiku, 3.7
+  Sonnet and later, Amazon Nova; Bedrock's "Prompt caching" guide). Other models get
+  none: a cache step never fails a call. A breakpoint before a model's minimum prefix
+  is not an error on Bedrock either, just not cached.
 * usage: Bedrock's ``inputTokens`` excludes cache reads and writes; ``prompt_tokens``
   includes them, as everywhere in AISIX.
 
@@ -75,17 +89,34 @@ from ..translate.neutral import (
     ToolCallStart,
     ToolResult,
     UsageReport,
+    cache_breakpoints,
     unsupported,
 )
+from .anthropic import MIN_THINKING_BUDGET, claude_max_tokens, last_turn_calls_tools
 from .base import Provider, failed_after, in_stream_error, json_body, refusal
 
 log = logging.getLogger("aisix.providers.bedrock")
 
-DEFAULT_MAX_TOKENS = 4096
 # Thinking budgets for a reasoning effort without a budget (Anthropic's minimum is 1024).
 EFFORT_BUDGETS = {"minimal": 1024, "low": 1024, "medium": 4096, "high": 16384}
 SIGNING_NAME = "bedrock"  # botocore's signingName for bedrock-runtime
 STREAM_MEDIA_TYPE = "application/vnd.amazon.eventstream"
+
+CACHE_POINT = {"cachePoint": {"type": "default"}}
+# Anthropic models on Bedrock without prompt caching (older than Claude 3.5 Haiku / 3.7 Sonnet).
+_UNCACHED_CLAUDE = ("claude-3-haiku", "claude-3-sonnet", "claude-3-opus", "claude-3-5-sonnet", "claude-v2",
+                    "claude-instant")
+# reasoningConfig efforts for Nova 2 (a budget in tokens is read as the nearest effort).
+_NOVA_EFFORTS = ("low", "medium", "high")
+
+
+def takes_cache_points(model_id: str) -> bool:
+    """Whether Bedrock caches prompts for this model (cachePoint blocks), from its id."""
+    name = model_id.lower()
+    if "anthropic.claude" in name:
+        return not any(old in name for old in _UNCACHED_CLAUDE)
+    return "amazon.nova" in name
+
 
 _IMAGE_FORMATS = {"image/png": "png", "image/jpeg": "jpeg", "image/jpg": "jpeg", "image/gif": "gif",
                   "image/webp": "webp"}
@@ -121,7 +152,12 @@ class BedrockProvider(Provider):
         self.stream_headers = {"content-type": "application/json", "accept": STREAM_MEDIA_TYPE}
         if model.api_key:
             self.headers["authorization"] = self.stream_headers["authorization"] = f"Bearer {model.api_key}"
-        self.thinking = "anthropic" in model.model.lower()
+        name = model.model.lower()
+        self.thinking = "anthropic" in name
+        self.nova_reasoning = "nova-2" in name
+        self.caches = takes_cache_points(model.model)
+        self.default_max_tokens: tuple[int, str] | None = claude_max_tokens(model) if self.thinking else (
+            (model.max_tokens, "the models file's max_tokens") if model.max_tokens else None)
         self._credentials = credentials
         self._resolving: asyncio.Lock | None = None
 
@@ -138,41 +174,79 @@ class BedrockProvider(Provider):
 
     def converse_body(self, request: ChatRequest) -> dict[str, Any]:
         """The Converse request body for a neutral request (the same for both endpoints)."""
-        body: dict[str, Any] = {"messages": _messages(request)}
+        notes = request.notes
+        marks = cache_breakpoints(request) if self.caches else None
+        if marks is None and (request.cache_system or request.cache_tools or request.cache_key
+                              or any(getattr(p, "cache", False) for m in request.messages for p in m.parts)):
+            notes.append("prompt caching dropped (Bedrock caches no prompts for this model)")
+        body: dict[str, Any] = {"messages": _messages(request, set(marks.parts) if marks else set())}
         if request.system:
-            body["system"] = [{"text": request.system}]
-        max_tokens = request.max_tokens or self.model.max_tokens or DEFAULT_MAX_TOKENS
+            body["system"] = [{"text": request.system}, CACHE_POINT] if marks and marks.system else [
+                {"text": request.system}]
+        max_tokens = request.max_tokens
+        if not max_tokens and self.default_max_tokens:
+            max_tokens, source = self.default_max_tokens
+            log.debug("model %s: no max_tokens in the request, sending %d (%s)", self.model.name, max_tokens, source)
+            notes.append(f"maxTokens {max_tokens} ({source})")
+        elif not max_tokens:
+            notes.append("no maxTokens (Converse's default: the model's maximum)")
         fields = self._reasoning(request)
-        if fields:
+        if fields and "thinking" in fields:
             budget = fields["thinking"]["budget_tokens"]
-            if request.max_tokens is None and max_tokens <= budget:
-                max_tokens = budget + (self.model.max_tokens or DEFAULT_MAX_TOKENS)  # room to answer
+            if max_tokens and max_tokens <= budget:
+                max_tokens = budget + max_tokens  # the budget counts inside maxTokens: room to answer
+        if fields:
             body["additionalModelRequestFields"] = fields
-        inference: dict[str, Any] = {"maxTokens": max_tokens}
+        inference: dict[str, Any] = {}
+        if max_tokens:
+            inference["maxTokens"] = max_tokens
         if request.temperature is not None:
             inference["temperature"] = request.temperature
         if request.top_p is not None:
             inference["topP"] = request.top_p
         if request.stop:
             inference["stopSequences"] = list(request.stop)
-        body["inferenceConfig"] = inference
+        if inference:
+            body["inferenceConfig"] = inference
         tool_config = _tool_config(request, body["messages"])
         if tool_config:
+            if marks and marks.tools and self.thinking:  # Nova takes cache points in system and messages only
+                tool_config["tools"].append(CACHE_POINT)
             body["toolConfig"] = tool_config
+        if marks:
+            notes.append(f"prompt caching: {marks.count()} cachePoint(s)")
         return body
 
     def _reasoning(self, request: ChatRequest) -> dict[str, Any] | None:
         if request.reasoning_budget is None and request.reasoning_effort is None:
             return None
+        effort = str(request.reasoning_effort).lower() if request.reasoning_effort is not None else None
+        if effort in ("none", "minimal") and request.reasoning_budget is None:
+            request.notes.append(f"reasoning effort {effort}: no reasoning")
+            return None
+        if self.nova_reasoning:
+            if effort not in _NOVA_EFFORTS:
+                budget = request.reasoning_budget or EFFORT_BUDGETS["high"]
+                effort = "low" if budget < 4096 else "medium" if budget < 16384 else "high"
+            request.notes.append(f"reasoning -> reasoningConfig {effort}")
+            return {"reasoningConfig": {"type": "enabled", "maxReasoningEffort": effort}}
         if not self.thinking:
-            log.debug("model %s: reasoning ignored (Bedrock takes it for Anthropic models only)", self.model.name)
+            request.notes.append("reasoning dropped (this Bedrock model takes none through Converse)")
             return None
         budget = request.reasoning_budget
         if budget is None:
-            budget = EFFORT_BUDGETS.get(str(request.reasoning_effort).lower())
+            budget = EFFORT_BUDGETS.get(str(effort))
             if budget is None:
                 raise unsupported("reasoning_effort", f"with the value {request.reasoning_effort!r} by Bedrock")
-        return {"thinking": {"type": "enabled", "budget_tokens": int(budget)}}
+        if request.tool_choice == "required" or request.tool_choice_name:
+            request.notes.append("thinking not sent (Anthropic models refuse it with a forced tool choice)")
+            return None
+        if last_turn_calls_tools(request):
+            request.notes.append("thinking not sent this turn (the tool call's thinking block is not in the history)")
+            return None
+        budget = max(int(budget), MIN_THINKING_BUDGET)
+        request.notes.append(f"reasoning -> thinking budget_tokens {budget}")
+        return {"thinking": {"type": "enabled", "budget_tokens": budget}}
 
     def chat_response(self, body: bytes) -> ChatResponse:
         try:
@@ -277,11 +351,18 @@ def sign(request: httpx.Request, credentials: Any, region: str) -> httpx.Request
 # -- neutral → Converse ---------------------------------------------------------
 
 
-def _messages(request: ChatRequest) -> list[dict[str, Any]]:
-    """Converse messages: adjacent messages of one role merged (Converse wants them alternating)."""
+def _messages(request: ChatRequest, cached: set[tuple[int, int]]) -> list[dict[str, Any]]:
+    """Converse messages: adjacent messages of one role merged (Converse wants them alternating);
+    a ``cachePoint`` after each part at a cache breakpoint."""
     out: list[dict[str, Any]] = []
-    for message in request.messages:
-        content = [block for block in map(_block, message.parts) if block is not None]
+    for index, message in enumerate(request.messages):
+        content = []
+        for number, part in enumerate(message.parts):
+            block = _block(part)
+            if block is not None:
+                content.append(block)
+                if (index, number) in cached:
+                    content.append(CACHE_POINT)
         if not content:
             continue
         if out and out[-1]["role"] == message.role:

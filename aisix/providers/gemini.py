@@ -119,6 +119,11 @@ class GeminiProvider(Provider):
         generation = self.generation_config(request)
         if generation:
             body["generationConfig"] = generation
+        if request.cache_key or request.cache_system or request.cache_tools or any(
+                getattr(part, "cache", False) for message in request.messages for part in message.parts):
+            # Gemini's explicit cache is a resource made ahead (cachedContents), not a request marker;
+            # its implicit cache applies by itself.
+            request.notes.append("prompt caching left to Gemini's implicit cache")
         return body
 
     def contents(self, request: ChatRequest) -> list[dict[str, Any]]:
@@ -139,6 +144,8 @@ class GeminiProvider(Provider):
                         signature = signature_of(part.id)
                         if signature is None and self.needs_signatures and not signed:
                             signature = SKIP_SIGNATURE  # only the first call of a turn is checked
+                            request.notes.append("a tool call from another model's history sent with "
+                                                 "Google's placeholder thought signature")
                         if signature is not None:
                             call_part["thoughtSignature"] = signature
                             signed = True
@@ -191,6 +198,9 @@ class GeminiProvider(Provider):
             if budget is None:
                 raise unsupported("reasoning_effort", f"as '{request.reasoning_effort}' by Gemini")
             config["thinkingConfig"] = {"thinkingBudget": budget}
+        if "thinkingConfig" in config:
+            budget = config["thinkingConfig"]["thinkingBudget"]
+            request.notes.append(f"reasoning -> thinkingConfig.thinkingBudget {budget}")
         return config
 
     def chat_response(self, body: bytes) -> ChatResponse:

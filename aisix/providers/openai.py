@@ -10,7 +10,13 @@ Two paths share this module:
 
 Served by OpenAI itself and by every server that copies its API (vLLM,
 Ollama, llama.cpp, DeepSeek, ...), so the translated path writes only what
-those servers commonly accept (see `max_tokens_field`).
+those servers commonly accept (see `max_tokens_field`). Two fields follow the
+model: ``reasoning_effort`` goes to reasoning models only (`is_reasoning_model`:
+ids starting with o1, o3, o4, gpt-5 or gpt-oss; OpenAI answers any other model,
+gpt-4o-mini included, with a 400 "Unrecognized request argument"), and
+``prompt_cache_key`` (prompt caching is automatic at OpenAI; the key only
+improves its hit rate) to OpenAI's own host only, as other servers may refuse
+an unknown field. What is left out is named in the call's log line.
 """
 
 from __future__ import annotations
@@ -49,6 +55,16 @@ from .base import Provider, failed_after, in_stream_error, json_body
 
 # OpenAI's reasoning models refuse ``max_tokens`` ("use max_completion_tokens instead").
 _REASONING_PREFIXES = ("o1", "o3", "o4", "gpt-5")
+# Models that take ``reasoning_effort`` (gpt-oss: on the servers that host it, Groq, vLLM, ...).
+_EFFORT_PREFIXES = (*_REASONING_PREFIXES, "gpt-oss")
+# gpt-5 chat models are not reasoning models.
+_NOT_REASONING = ("gpt-5-chat",)
+
+
+def is_reasoning_model(model_id: str) -> bool:
+    """Whether ``reasoning_effort`` may be sent to this model (by its id: Azure's deployment name)."""
+    name = model_id.lower().rsplit("/", 1)[-1]
+    return name.startswith(_EFFORT_PREFIXES) and not name.startswith(_NOT_REASONING)
 
 FINISH_REASONS: dict[str, FinishReason] = {
     "stop": "stop",
@@ -77,6 +93,8 @@ class OpenAIProvider(Provider):
         # Cleared, for this process, when the upstream refuses stream_options.
         self.accepts_stream_options = True
         self.max_tokens_field = self.choose_max_tokens_field()
+        self.reasoning = is_reasoning_model(self.model.model)
+        self.openai_host = (urlsplit(self.model.base_url).hostname or "") == "api.openai.com"
 
     # -- what subclasses (Azure) change ------------------------------------------------
 
@@ -182,8 +200,21 @@ class OpenAIProvider(Provider):
             body["top_p"] = request.top_p
         if request.stop:
             body["stop"] = list(request.stop)
-        if request.reasoning_effort:
-            body["reasoning_effort"] = request.reasoning_effort
+        if request.reasoning_effort or request.reasoning_budget:
+            if self.reasoning and request.reasoning_effort:
+                body["reasoning_effort"] = request.reasoning_effort
+                request.notes.append(f"reasoning -> reasoning_effort {request.reasoning_effort}")
+            elif self.reasoning:
+                budget = request.reasoning_budget or 0
+                effort = "low" if budget < 4096 else "medium" if budget < 16384 else "high"
+                body["reasoning_effort"] = effort
+                request.notes.append(f"reasoning budget -> reasoning_effort {effort}")
+            else:
+                request.notes.append(f"reasoning dropped ({self.model.model} is not a reasoning model)")
+        if request.cache_key and self.openai_host:
+            body["prompt_cache_key"] = request.cache_key
+        elif request.cache_key or request.cache_system or request.cache_tools:
+            request.notes.append("prompt caching left to the upstream (automatic where it caches)")
         if stream:
             body["stream"] = True
             if self.accepts_stream_options:

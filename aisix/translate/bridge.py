@@ -9,6 +9,7 @@ the dialect writes in the client's protocol. Nothing here knows any protocol.
 from __future__ import annotations
 
 import json
+import logging
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
     from ..dialects.base import Dialect
     from ..gateway import Gateway
     from ..providers.base import Provider
+
+log = logging.getLogger("aisix.translate")
 
 
 class TranslatedCall:
@@ -47,10 +50,18 @@ class TranslatedCall:
         else:
             self.chat = dialect.to_chat(call.body)
 
+    def _log_notes(self) -> None:
+        """One line per translated call naming what the dialect and the provider dropped or mapped."""
+        notes = self.chat.notes
+        if notes:
+            log.info("%s -> %s model %s: %s", self.dialect.name, self.provider.kind, self.call.model_name,
+                     "; ".join(dict.fromkeys(notes)))
+
     # -- streamed ------------------------------------------------------------------
 
     async def open(self) -> None:
         request = self.provider.chat_request(self.client, self.chat, stream=True)
+        self._log_notes()
         response = self.response = await open_ok(self.client, self.call, self.provider, request)
         if not response.headers.get("content-type", "").startswith(self.provider.stream_media_type):
             await read_limited(response, 1024 * 1024)
@@ -123,6 +134,7 @@ class TranslatedCall:
             call.usage = embeddings.usage
             return _json(self.dialect.embeddings_answer(embeddings, call))
         request = provider.chat_request(self.client, self.chat, stream=False)
+        self._log_notes()
         body = await read_answer(await open_ok(self.client, call, provider, request))
         answer = _read(provider.chat_response, body)
         call.usage = answer.usage

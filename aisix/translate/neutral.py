@@ -8,7 +8,10 @@ these types and nothing else, so N dialects and M providers need N + M
 mappings, not N × M.
 
 Anything a dialect cannot put here, or a provider cannot express, is refused
-with a 400 naming the field (`unsupported`): never dropped in silence.
+with a 400 naming the field (`unsupported`), unless the answer is right
+without it: then it is dropped (or mapped to the provider's nearest setting)
+and named in ``ChatRequest.notes``, which the bridge logs as one line per
+call. Never dropped in silence.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]
 @dataclass(slots=True)
 class TextPart:
     text: str
+    cache: bool = False  # the client marked the prompt up to here for caching (Anthropic's cache_control)
 
 
 @dataclass(slots=True)
@@ -56,6 +60,7 @@ class ToolResult:
     content: str
     is_error: bool = False
     name: str | None = None  # the tool's name, where the client's protocol says it (Gemini needs it)
+    cache: bool = False  # marked for caching, as `TextPart.cache`
 
 
 Part = Union[TextPart, ImagePart, ToolCall, ToolResult]
@@ -92,6 +97,15 @@ class ChatRequest:
     # ("low", "medium", "high"); providers map what they can and ignore the rest.
     reasoning_effort: str | None = None
     reasoning_budget: int | None = None
+    # Prompt caching the client asked for: explicit breakpoints (Anthropic's cache_control on
+    # the system prompt, on the tools, on parts), or a cache key (OpenAI's prompt_cache_key).
+    # Providers use their own caching where they have one (`cache_breakpoints`), else drop it.
+    cache_system: bool = False
+    cache_tools: bool = False
+    cache_key: str | None = None
+    # What translating this call dropped or mapped, in a few words each: the bridge logs them
+    # as one line per call (dialects add theirs while reading, providers while building).
+    notes: list[str] = field(default_factory=list)
 
 
 # -- complete answer ---------------------------------------------------------
@@ -167,6 +181,44 @@ class EmbeddingsRequest:
 class EmbeddingsResponse:
     vectors: list[list[float]]
     usage: TokenUsage | None
+
+
+@dataclass(slots=True)
+class CacheBreakpoints:
+    """Where a provider with explicit prompt caching puts its markers: after the system prompt, after
+    the tools, and after the parts at (message index, part index), in the request's order."""
+
+    system: bool = False
+    tools: bool = False
+    parts: list[tuple[int, int]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return self.system or self.tools or bool(self.parts)
+
+    def count(self) -> int:
+        return int(self.system) + int(self.tools) + len(self.parts)
+
+
+def cache_breakpoints(request: ChatRequest, limit: int = 4) -> CacheBreakpoints:
+    """The cache breakpoints for ``request``, at most ``limit`` (Anthropic's and Bedrock's maximum: 4).
+
+    The client's own marks when it gave some (the latest part marks are kept when there are
+    too many: the longest prefix is the one worth caching); with only a cache key (Codex's
+    ``prompt_cache_key``) the usual two: the system prompt and the end of the conversation.
+    """
+    marks = CacheBreakpoints(request.cache_system, request.cache_tools)
+    for m, message in enumerate(request.messages):
+        for p, part in enumerate(message.parts):
+            if getattr(part, "cache", False):
+                marks.parts.append((m, p))
+    if not marks and request.cache_key and request.messages:
+        marks.system = bool(request.system)
+        last = len(request.messages) - 1
+        marks.parts.append((last, len(request.messages[last].parts) - 1))
+    room = limit - int(marks.system) - int(marks.tools)
+    if len(marks.parts) > room:
+        marks.parts = marks.parts[len(marks.parts) - room:] if room > 0 else []
+    return marks
 
 
 def unsupported(field_name: str, where: str) -> GatewayError:
