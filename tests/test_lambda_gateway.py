@@ -316,3 +316,39 @@ def test_every_protocol_streams_through_the_runtime(function, store):
     assert [d["index"] for d in answer["data"]] == [0, 1] and answer["data"][0]["embedding"]
     key_id = key_id_for(hash_key(secret))
     assert eventually(lambda: store.read_window(key_id).requests >= 4)
+
+
+AGENT_FIXTURES = ROOT / "tests" / "fixtures" / "agents"  # recorded from the real CLIs (tools/agents.py record)
+
+
+@pytest.mark.parametrize("function", [{"_models": _provider_mocks}], indirect=True)
+def test_coding_agents_tool_round_trip_through_the_runtime(function, store):
+    """Claude Code's and Codex's recorded requests on the Lambda streaming path, to Anthropic (Claude Code:
+    passed through) and Gemini (translated): the first turn comes back as a call to the CLI's own shell
+    tool with the directive's arguments, the next turn (carrying the tool's output) as text quoting it."""
+    secret, _ = issue_key(store, "lambda", tpm=10_000_000)
+    for cli, path, tool in (("claude-code", "/v1/messages", "Bash"), ("codex", "/v1/responses", "exec_command")):
+        for model in ("claude", "gemini"):
+            first, second = (json.loads((AGENT_FIXTURES / f"{cli}-{name}.json").read_text())
+                             for name in ("tool", "tool-2"))
+            headers = [(k, v) for k, v in first["headers"].items()
+                       if k not in ("x-api-key", "authorization", "accept-encoding", "content-type")]
+            query = f"?{first['query']}" if first["query"] else ""
+            inv = function({**first["body"], "model": model}, secret, path=path + query, headers=headers)
+            events = _events(inv)
+            assert inv.prelude["statusCode"] == 200 and inv.error is None, (cli, model)
+            if cli == "claude-code":
+                started = [e["content_block"] for _, e in events if e.get("type") == "content_block_start"]
+                assert any(b["type"] == "tool_use" and b["name"] == tool for b in started), (cli, model)
+                assert events[-1][1]["type"] == "message_stop"
+            else:
+                done = [e["item"] for _, e in events if e.get("type") == "response.output_item.done"]
+                assert any(i["type"] == "function_call" and i["name"] == tool for i in done), (cli, model)
+                assert events[-1][1]["type"] == "response.completed"
+            inv = function({**second["body"], "model": model}, secret, path=path + query, headers=headers)
+            events = _events(inv)
+            if cli == "claude-code":
+                text = "".join(e["delta"].get("text", "") for _, e in events if e.get("type") == "content_block_delta")
+            else:
+                text = "".join(e["delta"] for _, e in events if e.get("type") == "response.output_text.delta")
+            assert text.startswith("Tool result:") and "aisix-agent-" in text, (cli, model, text[:200])
