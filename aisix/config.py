@@ -77,9 +77,11 @@ class Settings:
     token_flush_seconds: float = 1.0
     dynamodb_timeout_seconds: float = 1.0
     dynamodb_max_attempts: int = 2
-    # Calls in flight per process past which new ones get a prompt 503 (0: no limit). Measured in
-    # bench/RESULTS.md ("Concurrent streams"); off on Lambda, where an instance serves one call at a time.
-    max_open_calls: int = 1500
+    # Calls in flight per process past which new ones get a prompt 503 (0: no limit); off on Lambda, where
+    # an instance serves one call at a time. Measured (`python -m bench.run --only streams`, streams of 10
+    # events/s, one process on one core, 2026-11-30): 1,000 held, 1,500 collapsed (first chunks after a
+    # minute, 503s after 10 s); 800 leaves room for what arriving calls cost. bench/RESULTS.md re-checks it.
+    max_open_calls: int = 800
     # Decided here once: the rest of the gateway asks this, never the environment.
     on_lambda: bool = False
 

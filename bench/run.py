@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import importlib.metadata
 import importlib.util
 import json
@@ -1120,9 +1121,10 @@ class HoldStep:
 
 
 async def hold_streams(ctx: Context, proc: Proc, ep: Endpoint, label: str,
-                       conns: list[tuple[Any, asyncio.Future[Response]]]) -> tuple[list[HoldStep], int]:
-    """Open slow streams through ``ep`` in steps (plan.stream_levels), holding each step; the steps and the
-    idle RSS. Stops at the first step that is not relayed. ``conns`` is left open for the caller."""
+                       conns: list[tuple[Any, asyncio.Future[Response]]],
+                       levels: tuple[int, ...] | None = None) -> tuple[list[HoldStep], int]:
+    """Open slow streams through ``ep`` in steps (``levels``, by default plan.stream_levels), holding each step;
+    the steps and the idle RSS. Stops at the first step that is not relayed. ``conns`` is left open."""
     plan = ctx.plan
     await warm(ctx, ep, 50)
     await asyncio.sleep(1.0 * plan.settle)
@@ -1130,7 +1132,7 @@ async def hold_streams(ctx: Context, proc: Proc, ep: Endpoint, label: str,
     pace = plan.stream_pace_ms
     raw = ep.request(body(True, chunks=1_000_000, pace_ms=pace))
     steps: list[HoldStep] = []
-    for level in plan.stream_levels:
+    for level in levels or plan.stream_levels:
         t_open = time.monotonic()
         while len(conns) < level:
             conn = await connect("127.0.0.1", ep.port)
@@ -1150,7 +1152,7 @@ async def hold_streams(ctx: Context, proc: Proc, ep: Endpoint, label: str,
         meter.stop()
         now = time.monotonic_ns()
         # Longest wait for a chunk during the hold, per stream (including the wait still running).
-        gaps = [max(c.resp.max_gap_ns, now - c.resp.last_event_ns) / 1e6 for c, _ in conns]
+        gaps = [max(c.resp.max_gap_ns, now - (c.resp.last_event_ns or c.resp.sent_ns)) / 1e6 for c, _ in conns]
         expected = plan.stream_hold * 1000 / pace
         relayed = sum(1 for (c, f), before in zip(conns, e0) if not f.done() and c.resp.events - before >= expected / 2)
         rss = rss_kb(proc.pid)
@@ -1185,52 +1187,65 @@ async def section_concurrent(ctx: Context, reuse: dict[str, tuple[Proc, Endpoint
     s = "Concurrent streams (uvicorn)"
     plan = ctx.plan
     cap = max(plan.stream_levels) * 2
-    limit = max(plan.stream_levels)  # the guard set at the last step: every step is admitted, the next call is not
     pace = plan.stream_pace_ms
+    extra = 3 if plan.smoke else OVERLOAD_EXTRA
+    if reuse:
+        default_limit = max(plan.stream_levels)  # what the main gateway was started with
+    else:
+        from aisix.config import Settings
+
+        default_limit = Settings().max_open_calls
     ctx.report.add(
         s,
         f"A fresh process for each relay (warmed with a few requests), the bare relay first, then the gateway with "
         f"`AISIX_UPSTREAM_MAX_CONNECTIONS={cap}` (the default, 1000, would queue every stream beyond 1000 before it "
-        f"reaches the upstream) and `AISIX_MAX_OPEN_CALLS={limit}` (the largest step, so the guard admits every "
-        f"step; then {OVERLOAD_EXTRA if not plan.smoke else 3} more calls must be refused at once). Slow streams: "
-        f"one chunk every {pace:g} ms ({1000 / pace:g} events/s), opened in steps; at each step every stream must "
-        f"have had its first chunk, then for {plan.stream_hold:g} s each must keep receiving (≥ half the chunks its "
-        "pace allows) to count as relayed; the longest wait for a chunk would be "
-        f"{pace:g} ms if every chunk were relayed at once. Memory per stream = (RSS − idle RSS) ÷ open streams.",
+        f"reaches the upstream) and no open-call limit (`AISIX_MAX_OPEN_CALLS=0`: what one process can hold). Slow "
+        f"streams: one chunk every {pace:g} ms ({1000 / pace:g} events/s), opened in steps; at each step every "
+        f"stream must have had its first chunk, then for {plan.stream_hold:g} s each must keep receiving (≥ half "
+        f"the chunks its pace allows) to count as relayed; the longest wait for a chunk would be {pace:g} ms if "
+        "every chunk were relayed at once. Memory per stream = (RSS − idle RSS) ÷ open streams. Then a gateway "
+        f"with the default limit (`AISIX_MAX_OPEN_CALLS={default_limit}`) is filled to it, held, and sent {extra} "
+        "more calls, which must all get a prompt 503 with Retry-After.",
         "",
         "| relay | open streams | relayed | all had a first chunk after | RSS | KB per stream | CPU | longest wait "
         "for a chunk, p99 / max |",
         "|---|---|---|---|---|---|---|---|",
     )
+
+    def row(label: str, st: HoldStep, base_rss: int) -> None:
+        ended = f" ({st.failed} ended early)" if st.failed else ""
+        ctx.report.add(s, f"| {label} | {st.level} | {st.relayed}{ended} | {st.ready_after:.1f} s ({st.started} "
+                          f"started) | {st.rss_kb / 1024:.1f} MiB (idle {base_rss / 1024:.1f}) | "
+                          f"{st.per_stream_kb:.1f} | {st.util * 100:.0f}% of a core | {st.wait_p99:.0f} / "
+                          f"{st.wait_max:.0f} ms |")
+
     found: dict[str, list[HoldStep]] = {}
     overload: tuple[Counter[int], list[float]] | None = None
-    for label in ("bare", "gateway"):
+    held: HoldStep | None = None
+    runs = ["bare", "gateway"] + ([] if reuse else ["gateway at its default limit"])
+    for label in runs:
         conns: list[tuple[Any, asyncio.Future[Response]]] = []
         if reuse:
-            proc, ep = reuse[label]
+            proc, ep = reuse["gateway" if label.startswith("gateway") else "bare"]
         elif label == "bare":
             proc, ep = start_bare(ctx, "streams", max_connections=cap)
+        elif label == "gateway":
+            proc, ep = start_gateway(ctx, "streams", AISIX_UPSTREAM_MAX_CONNECTIONS=str(cap), AISIX_MAX_OPEN_CALLS="0")
         else:
-            proc, ep = start_gateway(ctx, "streams", AISIX_UPSTREAM_MAX_CONNECTIONS=str(cap),
-                                     AISIX_MAX_OPEN_CALLS=str(limit))
+            proc, ep = start_gateway(ctx, "overload", AISIX_UPSTREAM_MAX_CONNECTIONS=str(cap))
         try:
-            steps, base_rss = await hold_streams(ctx, proc, ep, label, conns)
-            found[label] = steps
-            for st in steps:
-                ended = f" ({st.failed} ended early)" if st.failed else ""
-                ctx.report.add(s, f"| {PATH_LABELS[label if label == 'bare' else 'gateway']} | {st.level} | "
-                                  f"{st.relayed}{ended} | {st.ready_after:.1f} s ({st.started} started) | "
-                                  f"{st.rss_kb / 1024:.1f} MiB (idle {base_rss / 1024:.1f}) | {st.per_stream_kb:.1f} | "
-                                  f"{st.util * 100:.0f}% of a core | {st.wait_p99:.0f} / {st.wait_max:.0f} ms |")
-            if label == "gateway":
-                raw = ep.request(body(True, chunks=1_000_000, pace_ms=pace))
-                while len(conns) < limit:  # a step failed: fill up to the limit all the same (not measured)
-                    conn = await connect("127.0.0.1", ep.port)
-                    conns.append((conn, conn.request(raw, sse=True)))
-                deadline = time.monotonic() + 60
-                while time.monotonic() < deadline and any(not c.resp.headers_ns and not f.done() for c, f in conns):
-                    await asyncio.sleep(0.05)
-                overload = await overload_answers(ctx, ep, 3 if plan.smoke else OVERLOAD_EXTRA)
+            if label == "gateway at its default limit":
+                steps, base_rss = await hold_streams(ctx, proc, ep, "gateway", conns, levels=(default_limit,))
+                held = steps[-1]
+                row(f"gateway, `AISIX_MAX_OPEN_CALLS={default_limit}` (default)", held, base_rss)
+            else:
+                steps, base_rss = await hold_streams(ctx, proc, ep, label, conns)
+                found[label] = steps
+                for st in steps:
+                    row(PATH_LABELS[label], st, base_rss)
+            if label == "gateway at its default limit" or (reuse and label == "gateway"):
+                if len(conns) == default_limit:
+                    overload = await overload_answers(ctx, ep, extra)
         finally:
             for conn, _ in conns:
                 conn.close()
@@ -1257,13 +1272,17 @@ async def section_concurrent(ctx: Context, reuse: dict[str, tuple[Proc, Endpoint
                       f"{best.get('gateway', 0)} relayed" + (f"; {at_1000.per_stream_kb:.0f} KB each at {at_1000.level}"
                                                               if at_1000 else " (smoke: no step of 1,000)"),
                       None if at_1000 is None else at_1000.ok and at_1000.per_stream_kb <= 64)
+    if held is not None:
+        ctx.report.target(f"the default AISIX_MAX_OPEN_CALLS ({default_limit}) is below where streams fall behind",
+                          f"{default_limit} streams relayed", f"{held.relayed} relayed, longest wait p99 "
+                          f"{held.wait_p99:.0f} ms", held.ok)
     if overload is None:
-        ctx.report.add(s, "", "Overload: not measured (the gateway did not start).")
+        ctx.report.add(s, "", f"Overload: not measured (the gateway did not hold {default_limit} streams).")
         ctx.report.target("past AISIX_MAX_OPEN_CALLS, a prompt 503 with Retry-After", "all refused at once",
                           "not measured", None)
     else:
         statuses, waits = overload
-        ctx.report.add(s, "", f"Overload: with {limit} streams open (`AISIX_MAX_OPEN_CALLS={limit}`), "
+        ctx.report.add(s, "", f"Overload: with {default_limit} streams open (`AISIX_MAX_OPEN_CALLS={default_limit}`), "
                               f"{sum(statuses.values())} more streamed calls, one new connection each: statuses "
                               + ", ".join(f"{k}: {v}" for k, v in sorted(statuses.items()))
                               + f"; status line after p50 {fmt_ms(percentile(waits, 50))}, max "
@@ -1870,8 +1889,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
     parser.add_argument("--only", help="comma-separated sections to run: nonstream, stream, gaps, profile, "
                                        "streams, lambda, cold (default: all)")
+    parser.add_argument("--stream-levels", help="comma-separated steps of the concurrent-streams section "
+                                                "(default: 250,500,1000,1500,2000)")
     args = parser.parse_args(argv)
     plan = SMOKE if args.smoke else FULL
+    if args.stream_levels:
+        plan = dataclasses.replace(plan, stream_levels=tuple(int(x) for x in args.stream_levels.split(",")))
     out = args.out or DEFAULT_OUT
     if args.smoke and args.out is None:
         parser.error("--smoke needs --out: smoke numbers must not replace bench/RESULTS.md")
