@@ -91,6 +91,20 @@ _share_ssl_contexts(httpx)
 _share_ssl_contexts(httpx2)
 
 
+# The files that take longest, run first. pytest-xdist (`--dist loadfile`) hands each worker a whole
+# file at a time, in collection order (`--no-loadscope-reorder`: its own order, by number of tests,
+# started the one-test bench smoke last, and the run waited for it alone). Other files follow.
+SLOW_FILES_FIRST = [
+    "test_bench_smoke.py", "test_local_run.py", "test_lambda_gateway.py", "test_faults.py", "test_fuzz.py",
+    "test_matrix.py", "test_package.py", "test_relay.py", "test_state_faults.py", "test_sdks.py", "test_keys.py",
+]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(SLOW_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's own order is kept
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
