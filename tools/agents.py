@@ -221,14 +221,11 @@ class Recorder:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         import httpx
 
+        from aisix.local.mocks import read_body
+
         if scope["type"] != "http":
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
         headers = [(k.decode(), v.decode()) for k, v in scope["headers"]]
         query = scope["query_string"].decode()
         if scope["method"] == "POST":
@@ -280,6 +277,7 @@ def scrub(value: Any) -> Any:
 def record(out: Path) -> None:
     """Each CLI's prompt and tool round trip through a pass-through model, captured as fixtures."""
     out.mkdir(parents=True, exist_ok=True)
+    sys.path.insert(0, str(ROOT))  # the recorder reads bodies with aisix's mock helpers
     home, workdir = AGENTS / "home", AGENTS / "workdir"
     workdir.mkdir(parents=True, exist_ok=True)
     with Gateway(lambda_path=False) as gateway:
