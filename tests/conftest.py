@@ -13,6 +13,8 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import gc
 import json
 import os
 import socket
@@ -98,6 +100,13 @@ SLOW_FILES_FIRST = [
     "test_bench_smoke.py", "test_local_run.py", "test_lambda_gateway.py", "test_faults.py", "test_fuzz.py",
     "test_matrix.py", "test_package.py", "test_relay.py", "test_state_faults.py", "test_sdks.py", "test_keys.py",
 ]
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Leave what collection imported (SDKs, moto, botocore's models: most of the heap) out of
+    every later garbage collection, which walked it all again (test_matrix: GC 3.0 s -> 2.3 s)."""
+    gc.collect()
+    gc.freeze()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -265,10 +274,18 @@ def upstream() -> Iterator[Upstream]:
     server.stop()
 
 
+@functools.cache
+def shared_client(endpoint: str) -> Any:
+    """One botocore DynamoDB client per endpoint in the test process: building one costs ~30 ms of
+    CPU and each test built two (its tables', its gateway's). A client is thread-safe and keeps no
+    state a test could see; a test that needs other settings passes its own."""
+    return make_client(endpoint, "us-east-1")
+
+
 @pytest.fixture
 def store(moto_endpoint: str) -> Store:
     suffix = uuid.uuid4().hex[:8]
-    s = Store(make_client(moto_endpoint, "us-east-1"), f"keys-{suffix}", f"counters-{suffix}")
+    s = Store(shared_client(moto_endpoint), f"keys-{suffix}", f"counters-{suffix}")
     s.create_tables()
     return s
 
@@ -358,7 +375,7 @@ def start_gateway(
             dynamodb_endpoint=endpoint,
             **base,
         )
-        client = dynamodb_client or make_client(endpoint, "us-east-1")
+        client = dynamodb_client or shared_client(endpoint)
         async_store = AsyncStore(Store(client, store.keys_table, store.counters_table))
         gateway = Gateway(s, cfg, async_store, hooks=hooks)
         server = ServerThread(create_app(gateway)).start()
