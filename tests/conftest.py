@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import gc
 import json
@@ -45,7 +46,6 @@ from moto.moto_server.werkzeug_app import (  # noqa: E402
     MotoRequestHandler,
     create_backend_app,
 )
-from moto.server import ThreadedMotoServer  # noqa: E402
 from werkzeug.serving import make_server  # noqa: E402
 
 from aisix.app import create_app  # noqa: E402
@@ -191,19 +191,35 @@ class ServerThread:
             time.sleep(0.01)
         return self
 
-    def stop(self) -> None:
+    def request_stop(self) -> None:
+        """Tell the server to stop, without waiting (`stop` waits): several stop together."""
         self.server.should_exit = True
         self.server.wake()
+
+    def stop(self) -> None:
+        self.request_stop()
         self.thread.join(10)
+
+
+@contextlib.contextmanager
+def serve_moto(threaded: bool) -> Iterator[str]:
+    """moto's DynamoDB as `moto.server.ThreadedMotoServer` serves it (werkzeug, moto's request
+    handler), on a port of its own; stopped within 50 ms (werkzeug polls for shutdown every 0.5 s)."""
+    app = DomainDispatcherApplication(create_backend_app)
+    server = make_server("127.0.0.1", 0, app, threaded=threaded, request_handler=MotoRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(10)
 
 
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
+    with serve_moto(threaded=True) as endpoint:
+        yield endpoint
 
 
 @pytest.fixture(scope="session")
@@ -217,13 +233,8 @@ def atomic_moto_endpoint() -> Iterator[str]:
     every UpdateItem reads and writes the item alone. It shares moto's in-process backend
     with `moto_endpoint`: tables created through either are seen by both.
     """
-    app = DomainDispatcherApplication(create_backend_app)
-    server = make_server("127.0.0.1", 0, app, threaded=False, request_handler=MotoRequestHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join(10)
+    with serve_moto(threaded=False) as endpoint:
+        yield endpoint
 
 
 class FakeClock:
@@ -386,6 +397,8 @@ def start_gateway(
         return running
 
     yield start
+    for running in started:  # all told at once: each gives back its leases and closes its pools
+        running.server.request_stop()
     for running in started:
         running.server.stop()
 

@@ -163,7 +163,6 @@ def start_stack(moto_endpoint: str) -> Iterator[Stack]:
         pool.close()
         everything = (server, *servers.values())
         for running in everything:  # all told at once: each may wait a little for its connections
-            running.server.should_exit = True
-            running.server.wake()
+            running.request_stop()
         for running in everything:
             running.stop()
