@@ -196,7 +196,10 @@ class ServerThread:
         self.server.should_exit = True
         self.server.wake()
 
-    def stop(self) -> None:
+    def stop(self, grace: float | None = None) -> None:
+        """Stop, waiting at most ``grace`` seconds (default 2) for calls still running."""
+        if grace is not None:
+            self.server.config.timeout_graceful_shutdown = grace
         self.request_stop()
         self.thread.join(10)
 
@@ -282,7 +285,7 @@ def upstream() -> Iterator[Upstream]:
     mock = MockUpstream(delay=0.0, words=12)
     server = ServerThread(mock).start()
     yield Upstream(server.url, mock)
-    server.stop()
+    server.stop(grace=0)  # the session is over: calls some test left behind (a 5 s delay) are cancelled
 
 
 @functools.cache
