@@ -469,7 +469,16 @@ def a_refusal_names_a_field_of_the_request(case: Any, response: Any) -> None:
     assert named & set(case.body), f"a 400 that names no field of the request: {body}"
 
 
-def check_against_the_description(case: Any, fuzz_gateway: tuple[str, str]) -> None:
+@pytest.fixture(scope="module")
+def fuzz_session() -> Iterator[Any]:
+    """One HTTP session for every generated call: schemathesis otherwise opens a connection per case."""
+    import requests
+
+    with requests.Session() as session:
+        yield session
+
+
+def check_against_the_description(case: Any, fuzz_gateway: tuple[str, str], session: Any) -> None:
     url, secret = fuzz_gateway
     # Both ways a client may present a key (x-api-key wins on Anthropic's routes, as Claude Code sends
     # either): schemathesis then probes each route without, and with a wrong, key.
@@ -477,7 +486,7 @@ def check_against_the_description(case: Any, fuzz_gateway: tuple[str, str]) -> N
     dimensions = case.body.get("dimensions") if isinstance(case.body, dict) else None
     if case.path.endswith("/embeddings") and isinstance(dimensions, (int, float)) and dimensions > 64:
         case.body["dimensions"] = 64  # still valid; the mock would build a vector that long
-    response = case.call_and_validate(base_url=url, headers=headers, timeout=10)
+    response = case.call_and_validate(base_url=url, session=session, headers=headers, timeout=10)
     assert UPSTREAM_KEY not in response.text
     a_refusal_names_a_field_of_the_request(case, response)
 
@@ -488,8 +497,8 @@ def _operation_test(path: str, method: str, operation: dict[str, Any]) -> Any:
 
     @schemathesis.openapi.from_dict(alone, config=CONFIG).parametrize()
     @settings(deadline=None, suppress_health_check=list(HealthCheck), database=None)
-    def test(case, fuzz_gateway):
-        check_against_the_description(case, fuzz_gateway)
+    def test(case, fuzz_gateway, fuzz_session):
+        check_against_the_description(case, fuzz_gateway, fuzz_session)
 
     return test
 
