@@ -180,7 +180,7 @@ class Report:
                "Timings are of this machine and this run; the ratios to the direct path are what carry over.")
         )
         out.append("")
-        out.append("Run it: `make bench` (≈ 6 min; installs requirements-bench.txt), or `.venv/bin/python -m bench.run "
+        out.append("Run it: `make bench` (≈ 10 min; installs requirements-bench.txt), or `.venv/bin/python -m bench.run "
                    "[--only nonstream,stream,gaps,profile,streams,lambda,cold] [--no-pin] [--out FILE]`. What each "
                    "number means is said in its section below; the code is in bench/.")
         out.append("")

@@ -21,6 +21,12 @@ variable is set:
 
 ``AISIX_BENCH_NOFILE=1``
     Raises the soft open-files limit to the hard limit (thousands of streams).
+
+``AISIX_BENCH_TRACEMALLOC=<path>``
+    Traces allocations (10 frames) from start; each SIGUSR1 writes the live allocations,
+    grouped by the innermost frame in aisix/ or a library (file:line, size, count) to
+    ``<path>.<n>``: two dumps around opening N streams say what each stream keeps
+    (bench/memory.py). Slows the process a lot: never on while timing.
 """
 
 import os
@@ -126,6 +132,30 @@ def _record_writes(path: str) -> None:
     threading.Thread(target=writer, name="bench-writes", daemon=True).start()
 
 
+def _tracemalloc(path: str) -> None:
+    import signal
+    import tracemalloc
+
+    tracemalloc.start(10)
+    dumps = [0]
+
+    def dump(signum: int, frame: object) -> None:
+        dumps[0] += 1
+        snapshot = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
+        with open(f"{path}.{dumps[0]}.tmp", "w") as f:
+            for stat in snapshot.statistics("traceback"):
+                frames = list(stat.traceback)  # oldest first: [-1] is where the allocation happened
+                ours = [fr for fr in frames if "/aisix/" in fr.filename]
+                where = f"{frames[-1].filename}:{frames[-1].lineno}"
+                caller = f"{ours[-1].filename}:{ours[-1].lineno}" if ours else "-"
+                f.write(f"{stat.size}\t{stat.count}\t{where}\t{caller}\n")
+        os.replace(f"{path}.{dumps[0]}.tmp", f"{path}.{dumps[0]}")
+
+    signal.signal(signal.SIGUSR1, dump)
+
+
+if os.environ.get("AISIX_BENCH_TRACEMALLOC"):
+    _tracemalloc(os.environ["AISIX_BENCH_TRACEMALLOC"])
 if os.environ.get("AISIX_BENCH_WRITES"):
     _record_writes(os.environ["AISIX_BENCH_WRITES"])
 if os.environ.get("AISIX_BENCH_NOFILE"):
