@@ -20,7 +20,7 @@ run: install  ## the gateway on http://localhost:3000 with moto DynamoDB and a m
 test: install  ## the whole test suite
 	$(PY) -m pytest -q
 
-bench: install  ## the benchmark (~5 min): gateway vs direct path; prints and writes bench/RESULTS.md
+bench: install  ## the benchmark (~10 min): gateway vs direct path; prints and writes bench/RESULTS.md
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-bench.txt
 	$(PY) -m bench.run
 
