@@ -176,8 +176,7 @@ class AnthropicProvider(Provider):
         body = self.messages_body(request)
         if stream:
             body["stream"] = True
-        return client.build_request("POST", self.url, content=json_body(body),
-                                    headers=self.stream_headers if stream else self.headers, timeout=self.timeout)
+        return self.post(client, self.url, json_body(body), self.stream_headers if stream else self.headers)
 
     def messages_body(self, request: ChatRequest) -> dict[str, Any]:
         """The Messages body for ``request`` (without ``stream``)."""
@@ -299,8 +298,7 @@ class AnthropicProvider(Provider):
         # count_tokens refuses the sampling fields ("Extra inputs are not permitted").
         for name in ("max_tokens", "temperature", "top_p", "stop_sequences"):
             body.pop(name, None)
-        return client.build_request("POST", self.count_url, content=json_body(body), headers=self.headers,
-                                    timeout=self.timeout)
+        return self.post(client, self.count_url, json_body(body), self.headers)
 
     def count_tokens_response(self, body: bytes) -> int:
         tokens = _json_object(body).get("input_tokens")

@@ -101,10 +101,8 @@ class GeminiProvider(Provider):
     # -- chat ---------------------------------------------------------------------------
 
     def chat_request(self, client: httpx.AsyncClient, request: ChatRequest, stream: bool) -> httpx.Request:
-        return client.build_request(
-            "POST", self.stream_url if stream else self.generate_url, content=json_body(self.chat_body(request)),
-            headers=self.stream_headers if stream else self.headers, timeout=self.timeout,
-        )
+        return self.post(client, self.stream_url if stream else self.generate_url, json_body(self.chat_body(request)),
+                         self.stream_headers if stream else self.headers)
 
     def chat_body(self, request: ChatRequest) -> dict[str, Any]:
         body: dict[str, Any] = {"contents": self.contents(request)}
@@ -231,8 +229,7 @@ class GeminiProvider(Provider):
             if request.dimensions is not None:
                 item["outputDimensionality"] = request.dimensions
             requests.append(item)
-        return client.build_request("POST", self.embed_url, content=json_body({"requests": requests}),
-                                    headers=self.headers, timeout=self.timeout)
+        return self.post(client, self.embed_url, json_body({"requests": requests}), self.headers)
 
     def embeddings_response(self, body: bytes) -> EmbeddingsResponse:
         answer = _json_object(body)
@@ -256,8 +253,7 @@ class GeminiProvider(Provider):
         inner = {"model": self.model_path, **self.chat_body(request)}
         inner.pop("generationConfig", None)
         inner.pop("toolConfig", None)
-        return client.build_request("POST", self.count_url, content=json_body({"generateContentRequest": inner}),
-                                    headers=self.headers, timeout=self.timeout)
+        return self.post(client, self.count_url, json_body({"generateContentRequest": inner}), self.headers)
 
     def count_tokens_response(self, body: bytes) -> int:
         total = _json_object(body).get("totalTokens")

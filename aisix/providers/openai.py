@@ -140,22 +140,15 @@ class OpenAIProvider(Provider):
                 **(options if isinstance(options, dict) else {}),
                 "include_usage": True,
             }
-        return client.build_request(
-            "POST",
-            self.url,
-            content=json.dumps(upstream_body, separators=(",", ":")).encode(),
-            headers=self.stream_headers if stream else self.headers,
-            timeout=self.timeout,
-        )
+        return self.post(client, self.url, json.dumps(upstream_body, separators=(",", ":")).encode(),
+                         self.stream_headers if stream else self.headers)
 
     def build_embeddings_request(self, client: httpx.AsyncClient, body: dict[str, Any]) -> httpx.Request:
         """The raw pass-through of an OpenAI embeddings body, with the upstream model name."""
         upstream_body = dict(body)
         upstream_body["model"] = self.model.model
-        return client.build_request(
-            "POST", self.embeddings_url, content=json.dumps(upstream_body, separators=(",", ":")).encode(),
-            headers=self.headers, timeout=self.timeout,
-        )
+        return self.post(client, self.embeddings_url, json.dumps(upstream_body, separators=(",", ":")).encode(),
+                         self.headers)
 
     @staticmethod
     def rejects_stream_options(status: int, body: bytes) -> bool:
@@ -165,10 +158,8 @@ class OpenAIProvider(Provider):
     # -- translated chat ---------------------------------------------------------------------
 
     def chat_request(self, client: httpx.AsyncClient, request: ChatRequest, stream: bool) -> httpx.Request:
-        return client.build_request(
-            "POST", self.url, content=json_body(self.chat_body(request, stream)),
-            headers=self.stream_headers if stream else self.headers, timeout=self.timeout,
-        )
+        return self.post(client, self.url, json_body(self.chat_body(request, stream)),
+                         self.stream_headers if stream else self.headers)
 
     def chat_body(self, request: ChatRequest, stream: bool) -> dict[str, Any]:
         """The chat completions JSON for a neutral request."""
@@ -254,8 +245,7 @@ class OpenAIProvider(Provider):
         body: dict[str, Any] = {"model": self.model.model, "input": list(request.inputs), "encoding_format": "float"}
         if request.dimensions is not None:
             body["dimensions"] = request.dimensions
-        return client.build_request("POST", self.embeddings_url, content=json_body(body), headers=self.headers,
-                                    timeout=self.timeout)
+        return self.post(client, self.embeddings_url, json_body(body), self.headers)
 
     def embeddings_response(self, body: bytes) -> EmbeddingsResponse:
         answer = _json_object(body)
