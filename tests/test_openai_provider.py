@@ -348,3 +348,18 @@ def test_round_trip_through_the_mock_upstream(mock: str) -> None:
     answer = p.chat_response(body)
     assert (status, answer.text, answer.finish) == (200, "Once upon a", "stop")
     assert answer.usage is not None and answer.usage.completion_tokens == 3
+
+
+def test_a_prepared_post_is_what_the_client_would_have_built() -> None:
+    """`Provider.post` merges the client's headers and parses the URL once; what it builds must be the
+    request ``client.build_request`` builds, call after call (and again for another client)."""
+    p = provider()
+    for client in (httpx.AsyncClient(), httpx.AsyncClient(headers={"user-agent": "other"})):
+        for stream in (False, True, False):
+            headers = p.stream_headers if stream else p.headers
+            ours = p.post(client, p.url, b'{"a":1}', headers)
+            theirs = client.build_request("POST", p.url, content=b'{"a":1}', headers=headers, timeout=p.timeout)
+            assert (ours.method, ours.url, ours.headers.raw, ours.extensions, ours.content) == \
+                   (theirs.method, theirs.url, theirs.headers.raw, theirs.extensions, theirs.content)
+        ours.extensions["trace"] = "set by a transport"  # one request's extensions never leak into the next
+        assert "trace" not in p.post(client, p.url, b"{}", p.headers).extensions
