@@ -504,7 +504,7 @@ def _operation_test(path: str, method: str, operation: dict[str, Any]) -> Any:
 
 
 # One test function per operation, so each has its own node id: schemathesis' items for one
-# function share theirs on pytest 9, and pytest-xdist (`make test` runs -n 2) then ran only one.
+# function share theirs on pytest 9, and pytest-xdist (`make test` runs several workers) then ran only one.
 for _path, _item in DOCUMENT["paths"].items():
     for _method, _operation in _item.items():
         globals()[f"test_the_gateway_matches_its_openapi_description_{_operation['operationId']}"] = (
