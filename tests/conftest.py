@@ -164,9 +164,8 @@ class PromptServer(uvicorn.Server):
         while (state.connections or state.tasks) and not self.force_exit and loop.time() < deadline:
             await asyncio.sleep(0.005)
         if not self.force_exit:
-            for task in list(state.tasks):  # the graceful time-out has passed
+            for task in list(state.tasks):  # still running after the graceful time-out
                 task.cancel(msg="Task cancelled, timeout graceful shutdown exceeded")
-        if not self.force_exit:
             await self.lifespan.shutdown()
 
 
