@@ -75,6 +75,13 @@ class _KeyState:
     def view(self) -> View:
         return View(self.window, self.requests - self.left, self.tokens)
 
+    def saw(self, usage: Usage) -> None:
+        """Take in the window's counts from a DynamoDB answer. Within a window both only grow, but
+        answers can arrive out of order (a background lease answered after a token charge that was
+        written later): an older, lower count must never replace a newer one, or the key would be
+        admitted past its TPM on this instance."""
+        self.requests, self.tokens = max(self.requests, usage.requests), max(self.tokens, usage.tokens)
+
 
 class Quota:
     def __init__(
@@ -154,11 +161,12 @@ class Quota:
             room = (key.rpm - refused.usage.requests) if key.rpm is not None else 0
             tokens_ok = key.tpm is None or refused.usage.tokens < key.tpm
             if room <= 0 or not tokens_ok:
-                state.requests, state.tokens, state.full = refused.usage.requests, refused.usage.tokens, True
+                state.saw(refused.usage)
+                state.full = True
                 raise
             size = min(size, room)  # others took most of what was left: take what remains
             usage = await self.store.take(key.key_id, window, size, key.rpm, key.tpm)
-        state.requests, state.tokens = usage.requests, usage.tokens
+        state.saw(usage)
         state.left, state.leased_at = state.left + size, now
 
     def _unwritten(self, key_id: str, window: int) -> int:
@@ -211,7 +219,7 @@ class Quota:
                     continue
                 state = self._keys.get(key_id)
                 if state is not None and state.window == window:
-                    state.requests, state.tokens = max(state.requests, usage.requests), usage.tokens
+                    state.saw(usage)
                 break
 
     async def close(self) -> None:

@@ -13,7 +13,7 @@ import uuid
 import pytest
 
 from aisix.quota import Quota, View, reset_seconds
-from aisix.store import AsyncStore, KeyRecord, RateLimited, Store, StoreUnavailable, make_client, window_start
+from aisix.store import AsyncStore, KeyRecord, RateLimited, Store, StoreUnavailable, Usage, make_client, window_start
 from conftest import FakeClock
 
 
@@ -200,3 +200,47 @@ def test_a_charge_made_while_a_flush_is_writing_is_written_too(clock):
         return gated.written
 
     assert asyncio.run(run()) == 12
+
+
+def test_a_lease_answered_after_a_newer_token_charge_does_not_lower_the_tokens_seen(clock):
+    """DynamoDB's answers can come back out of order: a background lease taken before a token charge
+    but answered after it carries the older, lower token count. Taking that in would let this instance
+    admit past the key's TPM; the newer count must stand."""
+
+    class OutOfOrderStore:
+        def __init__(self) -> None:
+            self.tokens = 0
+            self.requests = 0
+            self.lease_asked = asyncio.Event()
+            self.release_lease = asyncio.Event()
+            self.leases = 0
+
+        async def take(self, key_id, window, size, rpm, tpm):
+            self.leases += 1
+            self.requests += size
+            snapshot = Usage(self.requests, self.tokens, window)  # what DynamoDB had when it was asked
+            if self.leases == 2:  # the background refill: its answer is held back
+                self.lease_asked.set()
+                await self.release_lease.wait()
+            return snapshot
+
+        async def add(self, key_id, window, requests=0, tokens=0, charge_id=None):
+            self.tokens += tokens
+            return Usage(self.requests, self.tokens, window)
+
+    async def run() -> None:
+        store = OutOfOrderStore()
+        quota = Quota(store, flush_seconds=0, clock=clock)  # type: ignore[arg-type]
+        k = key(tpm=100)
+        await quota.admit(k)  # the first lease; the next is taken in the background
+        await asyncio.wait_for(store.lease_asked.wait(), 10)
+        await quota.charge(k, 150)  # written at once: DynamoDB now says 150 tokens
+        store.release_lease.set()  # the refill's answer, from before the charge, lands now
+        for _ in range(1000):  # polled, bounded: the refill's end, not a time
+            if quota._keys[k.key_id].refill is None:
+                break
+            await asyncio.sleep(0.001)
+        with pytest.raises(RateLimited):
+            await quota.admit(k)
+
+    asyncio.run(run())
