@@ -80,8 +80,10 @@ class Settings:
     # Calls in flight per process past which new ones get a prompt 503 (0: no limit); off on Lambda, where
     # an instance serves one call at a time. Measured (`python -m bench.run --only streams`, streams of 10
     # events/s, one process on one core, 2026-11-30): 1,000 held, 1,500 collapsed (first chunks after a
-    # minute, 503s after 10 s); 800 leaves room for what arriving calls cost. bench/RESULTS.md re-checks it.
-    max_open_calls: int = 800
+    # minute, 503s after 10 s). At 800 the core was ~90% busy and, on a machine busy with other work too,
+    # refusals waited seconds (p50 8 s); 500 keeps ~40% of the core for accepting and refusing calls at
+    # once. bench/RESULTS.md re-checks it (a 503 within 1 s, every held stream flowing).
+    max_open_calls: int = 500
     # Decided here once: the rest of the gateway asks this, never the environment.
     on_lambda: bool = False
 
