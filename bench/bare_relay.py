@@ -23,6 +23,8 @@ from typing import Any
 
 import aiohttp
 
+from aisix.local.mocks import read_body
+
 PASSED_HEADERS = (b"content-type", b"content-length", b"cache-control")
 
 
@@ -40,12 +42,7 @@ class BareRelay:
             await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
             await send({"type": "http.response.body", "body": b'{"status":"ok"}'})
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
         headers = {"content-type": "application/json"}
         for name, value in scope["headers"]:
             if name == b"authorization":

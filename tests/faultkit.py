@@ -23,6 +23,7 @@ from aisix.auth import hash_key, key_id_for
 from aisix.config import Settings, parse_config
 from aisix.gateway import Gateway
 from aisix.hooks import Hook
+from aisix.local.mocks import read_body
 from aisix.store import KeyRecord, Usage, window_start
 from aisix.usage import estimate_prompt_tokens, estimate_tokens
 
@@ -119,12 +120,7 @@ class DynamoFaults:
                     if self._client is not None:
                         await self._client.aclose()
                     return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
         headers = [(k.decode(), v.decode()) for k, v in scope["headers"] if k.lower() != b"host"]
         op = dict(headers).get("x-amz-target", "").rpartition(".")[2]
         self.seen.append(op)

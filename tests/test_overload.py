@@ -18,6 +18,7 @@ import pytest
 
 from aisix.config import ConfigError, Settings
 from aisix.local.mock_upstream import serve_lifespan
+from aisix.local.mocks import read_body
 from conftest import CHAT, RunningGateway, ServerThread, eventually, models_config
 
 ANTHROPIC = {"model": "my-gpt4-mini", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}
@@ -37,12 +38,7 @@ class HeldUpstream:
         if scope["type"] == "lifespan":
             await serve_lifespan(receive, send)
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
         stream = json.loads(body).get("stream", False)
         self.entered += 1
         if stream:
