@@ -313,6 +313,8 @@ def main() -> int:
     recording.add_argument("out", type=Path)
     sub.add_parser("install", help="install both CLIs into .agents/")
     args = parser.parse_args()
+    # A SIGTERM unwinds like Ctrl-C: the gateway started here (and its moto and mocks) stops with us.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     install()
     if args.command == "install":
         return 0
