@@ -1,8 +1,11 @@
 """Client for the Lambda runtime API, the HTTP server at `$AWS_LAMBDA_RUNTIME_API`.
 
-One short-lived HTTP/1.1 connection per call: the API is on loopback, so a connection
-costs microseconds, and a fresh one is never stale (after a SnapStart restore, or
-after a streamed response was cut off halfway).
+Calls reuse one kept-alive HTTP/1.1 connection: a new loopback connection cost ~100 µs
+of CPU on each side (bench/RESULTS.md: the runtime loop's own cost per invocation),
+and a buffered invocation makes two calls. A kept connection can be stale (after a
+SnapStart restore, or when the server closed it while idle): a call that finds it
+closed before any byte of the answer is made again once, on a fresh connection. A
+streamed response has a connection of its own, dropped when it ends.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ class RuntimeAPI:
         self._host = host.strip("[]") or "127.0.0.1"
         self._port = int(port)
         self._authority = address
+        self._idle: tuple[asyncio.StreamReader, asyncio.StreamWriter, h11.Connection] | None = None
 
     async def next_invocation(self) -> Invocation:
         """Block until Lambda hands over the next event."""
@@ -146,18 +150,50 @@ class RuntimeAPI:
     async def _call(
         self, method: str, target: str, headers: list[tuple[str, str]] | None = None, body: bytes = b""
     ) -> Answer:
+        head = [("Host", self._authority), *(headers or [])]
+        if method != "GET":
+            head.append(("Content-Length", str(len(body))))
+        request = h11.Request(method=method, target=target, headers=head)
+        kept, self._idle = self._idle, None  # taken: a concurrent call (the extension's) opens its own
+        if kept is not None:
+            try:
+                return await self._exchange(*kept, request, body)
+            except _Unanswered:
+                pass  # closed while idle (or by a SnapStart restore) before it read our request: afresh
         reader, writer = await asyncio.open_connection(self._host, self._port)
         try:
-            conn = h11.Connection(h11.CLIENT)
-            head = [("Host", self._authority), *(headers or [])]
-            if method != "GET":
-                head.append(("Content-Length", str(len(body))))
-            request = h11.Request(method=method, target=target, headers=head)
+            return await self._exchange(reader, writer, h11.Connection(h11.CLIENT), request, body)
+        except _Unanswered as exc:
+            raise ConnectionError(str(exc)) from None
+
+    async def _exchange(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: h11.Connection,
+        request: h11.Request, body: bytes,
+    ) -> Answer:
+        """One request and its answer on ``conn``; kept for the next call if both ended cleanly.
+        Raises `_Unanswered` if the connection ends before any byte of the answer."""
+        try:
             writer.write(conn.send(request) + conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage()))
             await writer.drain()
-            return await read_answer(conn, reader)
-        finally:
+            answer = await read_answer(conn, reader)
+        except (ConnectionError, OSError) as exc:
             writer.close()
+            if conn.their_state is h11.SEND_RESPONSE:  # no answer had begun
+                raise _Unanswered(str(exc) or type(exc).__name__) from None
+            raise
+        except BaseException:
+            writer.close()
+            raise
+        if conn.our_state is h11.DONE and conn.their_state is h11.DONE and self._idle is None:
+            conn.start_next_cycle()
+            self._idle = (reader, writer, conn)
+        else:
+            writer.close()
+        return answer
+
+
+class _Unanswered(ConnectionError):
+    """The connection ended before the runtime API began its answer."""
 
 
 def _echo(invocation: Invocation) -> list[tuple[str, str]]:
