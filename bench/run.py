@@ -1585,8 +1585,8 @@ def lambda_vs_local(ctx: Context, cpu_request_ms: float, noop_request_ms: float,
         return
     ctx.report.target("Lambda path ÷ local server: CPU per non-streamed request, c=1", "≤ 2×",
                       f"{ratio(cpu_request_ms, local_req)} ({fmt_ms(cpu_request_ms)} ÷ {fmt_ms(local_req)}; the runtime "
-                      f"loop with a no-op app alone: {fmt_ms(noop_request_ms)} per invocation, a new runtime API "
-                      f"connection for /next and for the answer, and h11; the gateway's own on Lambda: "
+                      f"loop with a no-op app alone: {fmt_ms(noop_request_ms)} per invocation: the runtime API "
+                      f"exchange, the streamed answer's own connection, h11; the gateway's own on Lambda: "
                       f"{ratio(cpu_request_ms - noop_request_ms, local_req)} the local server's)",
                       cpu_request_ms <= 2 * local_req)
     ctx.report.target("Lambda path ÷ local server: CPU per relayed chunk, paced, c=1", "≤ 1.5×",
