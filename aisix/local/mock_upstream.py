@@ -57,7 +57,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import hashlib
 import json
 import re
 import struct
@@ -65,7 +64,7 @@ import time
 import uuid
 from typing import Any
 
-from .mocks import after_tool_result, chat_tool_fragments, chat_tool_result, echo_words, read_body
+from .mocks import after_tool_result, chat_tool_fragments, chat_tool_result, echo_words, embedding_vector, read_body
 
 STORY = (
     "Once upon a time, a brave little API gateway stood between a crowd of eager clients "
@@ -165,8 +164,7 @@ class MockUpstream:
         size = int(body.get("dimensions") or 8)
         data = []
         for index, text in enumerate(texts):
-            digest = hashlib.sha256(text.encode()).digest()
-            vector = [round(digest[i % len(digest)] / 255 - 0.5, 6) for i in range(size)]
+            vector = embedding_vector(text, size)
             encoded: Any = vector
             if body.get("encoding_format") == "base64":
                 encoded = base64.b64encode(struct.pack(f"<{size}f", *vector)).decode()

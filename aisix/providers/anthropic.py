@@ -144,6 +144,18 @@ def last_turn_calls_tools(request: ChatRequest) -> bool:
     return False
 
 
+def claude_refuses_thinking(request: ChatRequest) -> bool:
+    """Whether Claude (on Anthropic or Bedrock) would refuse thinking on this request: with a forced
+    tool choice, or in a tool loop whose thinking block a translated history lacks. Noted on the request."""
+    if request.tool_choice == "required" or request.tool_choice_name:
+        request.notes.append("thinking not sent (Claude refuses it with a forced tool choice)")
+        return True
+    if last_turn_calls_tools(request):
+        request.notes.append("thinking not sent this turn (the tool call's thinking block is not in the history)")
+        return True
+    return False
+
+
 def messages_url(base_url: str, path: str = "/v1/messages") -> str:
     """``{base_url}/v1/messages``, whether ``base_url`` ends with ``/v1`` or not."""
     base = base_url.rstrip("/")
@@ -233,11 +245,7 @@ class AnthropicProvider(Provider):
             budget = EFFORT_BUDGETS.get(request.reasoning_effort, EFFORT_BUDGETS["high"])
         if not budget:
             return None
-        if request.tool_choice == "required" or request.tool_choice_name:
-            request.notes.append("thinking not sent (Anthropic refuses it with a forced tool choice)")
-            return None
-        if last_turn_calls_tools(request):
-            request.notes.append("thinking not sent this turn (the tool call's thinking block is not in the history)")
+        if claude_refuses_thinking(request):
             return None
         budget = max(budget, MIN_THINKING_BUDGET)
         request.notes.append(f"reasoning -> thinking budget_tokens {budget}")

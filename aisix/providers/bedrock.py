@@ -92,7 +92,7 @@ from ..translate.neutral import (
     cache_breakpoints,
     unsupported,
 )
-from .anthropic import MIN_THINKING_BUDGET, claude_max_tokens, last_turn_calls_tools
+from .anthropic import MIN_THINKING_BUDGET, claude_max_tokens, claude_refuses_thinking
 from .base import Provider, failed_after, in_stream_error, json_body, refusal
 
 log = logging.getLogger("aisix.providers.bedrock")
@@ -238,11 +238,7 @@ class BedrockProvider(Provider):
             budget = EFFORT_BUDGETS.get(str(effort))
             if budget is None:
                 raise unsupported("reasoning_effort", f"with the value {request.reasoning_effort!r} by Bedrock")
-        if request.tool_choice == "required" or request.tool_choice_name:
-            request.notes.append("thinking not sent (Anthropic models refuse it with a forced tool choice)")
-            return None
-        if last_turn_calls_tools(request):
-            request.notes.append("thinking not sent this turn (the tool call's thinking block is not in the history)")
+        if claude_refuses_thinking(request):
             return None
         budget = max(int(budget), MIN_THINKING_BUDGET)
         request.notes.append(f"reasoning -> thinking budget_tokens {budget}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import re
 from typing import Any
@@ -109,3 +110,9 @@ def chat_tool_fragments(options: dict[str, Any], default: tuple[str, ...]) -> tu
     """The directive's tool arguments as OpenAI-style JSON fragments (``default`` without ``args=``)."""
     arguments = tool_arguments(options)
     return default if arguments is None else json_fragments(arguments)
+
+
+def embedding_vector(text: str, size: int) -> list[float]:
+    """A deterministic vector for ``text`` (the same text, the same vector, in every mock)."""
+    digest = hashlib.sha256(text.encode()).digest()
+    return [round(digest[i % len(digest)] / 255 - 0.5, 6) for i in range(size)]

@@ -37,7 +37,8 @@ from typing import Any
 from urllib.parse import parse_qs, unquote
 
 from ..mock_upstream import STORY, serve_lifespan
-from . import after_tool_result, chat_tool_fragments, chat_tool_result, directive, echo_words, take_request
+from . import (after_tool_result, chat_tool_fragments, chat_tool_result, directive, echo_words, embedding_vector,
+               take_request)
 DEPLOYMENT_PATH = re.compile(r"^/openai/deployments/([^/]+)/(chat/completions|embeddings)$")
 V1_PATH = re.compile(r"^/openai/v1/(chat/completions|embeddings)$")
 TOOL_FRAGMENTS = ('{"city"', ': "Par', 'is"}')
@@ -202,9 +203,7 @@ def _embeddings(body: dict[str, Any], deployment: str) -> dict[str, Any]:
     size = int(body.get("dimensions") or 8)
     data = []
     for index, text in enumerate(texts):
-        digest = hashlib.sha256(text.encode()).digest()
-        data.append({"object": "embedding", "index": index,
-                     "embedding": [round(digest[i % len(digest)] / 255 - 0.5, 6) for i in range(size)]})
+        data.append({"object": "embedding", "index": index, "embedding": embedding_vector(text, size)})
     tokens = sum(len(t) for t in texts) // 4 + len(texts)
     return {"object": "list", "model": "text-embedding-3-small", "data": data,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}

@@ -44,7 +44,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote
 
 from ..mock_upstream import STORY, serve_lifespan
-from . import after_tool_result, directive, echo_words, take_request, text_of, tool_arguments
+from . import after_tool_result, directive, echo_words, embedding_vector, take_request, text_of, tool_arguments
 PATH = re.compile(r"^/v1beta/models/([^/:]+):(generateContent|streamGenerateContent|batchEmbedContents|countTokens)$")
 TOOL_ARGS = {"city": "Paris"}
 # base64 with '+' and '/' in it, as real signatures have, so the URL-safe round trip is exercised.
@@ -195,8 +195,7 @@ def _embeddings(body: dict[str, Any]) -> dict[str, Any]:
     for request in body.get("requests") or []:
         text = "".join(p.get("text", "") for p in request.get("content", {}).get("parts", []))
         size = int(request.get("outputDimensionality") or 8)
-        digest = hashlib.sha256(text.encode()).digest()
-        embeddings.append({"values": [round(digest[i % len(digest)] / 255 - 0.5, 6) for i in range(size)]})
+        embeddings.append({"values": embedding_vector(text, size)})
     return {"embeddings": embeddings}
 
 
