@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
+
+from aisix.local.ports import free_port  # noqa: F401  (re-exported for the bench)
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -64,11 +65,6 @@ def pin(pid: int, cores: set[int] | None) -> None:
     except OSError:
         os.sched_setaffinity(pid, cores)
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def cpu_model() -> str:

@@ -56,6 +56,7 @@ from aisix.hooks import Hook, RateLimitHook  # noqa: E402
 from aisix.local.mock_upstream import MockUpstream, serve_lifespan  # noqa: E402
 from aisix.quota import Quota  # noqa: E402
 from aisix.store import AsyncStore, Store, Usage, make_client, window_start  # noqa: E402
+from aisix.local.ports import free_port  # noqa: F401  (tests import it from here)
 
 logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto server access lines
 
@@ -113,11 +114,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     rank = {name: i for i, name in enumerate(SLOW_FILES_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's own order is kept
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class PromptServer(uvicorn.Server):

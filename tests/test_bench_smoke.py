@@ -19,6 +19,13 @@ sys.path.insert(0, str(ROOT))
 from bench.run import SECTIONS  # noqa: E402
 
 
+def failures_first(stdout: str) -> str:
+    """The run's own list of failures, then the output's tail: the list is near the top of a long
+    report, so a tail alone can hide why the run failed."""
+    listed = stdout.split("**Failures in this run:**", 1)[1].split("\n\n", 2)[1] if "**Failures in this run:**" in stdout else ""
+    return f"failures:\n{listed}\n---\n{stdout[-3000:]}"
+
+
 def test_bench_smoke_runs_end_to_end(tmp_path: Path) -> None:
     results = ROOT / "bench" / "RESULTS.md"
     before = results.stat().st_mtime_ns if results.exists() else None
@@ -27,7 +34,7 @@ def test_bench_smoke_runs_end_to_end(tmp_path: Path) -> None:
         [sys.executable, "-m", "bench.run", "--smoke", "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert proc.returncode == 0, failures_first(proc.stdout) + proc.stderr[-4000:]
     text = out.read_text()
     for section in SECTIONS:
         assert f"## {section}\n" in text, f"section {section!r} missing"

@@ -28,7 +28,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -40,6 +39,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from aisix.local.ports import free_port  # noqa: E402
+
 AGENTS = ROOT / ".agents"
 # The versions the fixtures in tests/fixtures/agents were recorded with; newer ones are expected to work.
 CLAUDE_CODE = os.environ.get("AGENTS_CLAUDE_CODE", "@anthropic-ai/claude-code@2.1.197")
@@ -163,11 +165,6 @@ def check(url: str, key: str, models: list[str]) -> list[Outcome]:
 
 
 # -- a gateway of our own ---------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Gateway:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
+
+from .ports import free_port
 
 DEMO_KEY = "my-secret-key"
 # The demo key's limits: room for a coding agent (Claude Code resends ~20k tokens of context each turn,
@@ -136,11 +137,6 @@ def stop_on_signals() -> Iterator[StopOnSignals]:
     finally:
         signals.restore()
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(url: str, process: subprocess.Popen[bytes], what: str, timeout: float = 30.0) -> None:
