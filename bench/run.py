@@ -1869,7 +1869,7 @@ def section_bare_notes(ctx: Context) -> None:
 def section_setup(ctx: Context, pinned: bool) -> None:
     s = "Setup"
     versions = []
-    for pkg in ("starlette", "uvicorn", "uvloop", "httptools", "httpx", "httpcore", "httpx-aiohttp", "aiohttp",
+    for pkg in ("starlette", "uvicorn", "uvloop", "httptools", "httpx", "httpcore", "aiohttp",
                 "anyio", "botocore", "moto", "py-spy"):
         try:
             versions.append(f"{pkg} {importlib.metadata.version(pkg)}")

@@ -202,7 +202,7 @@ class UpstreamFault:
 
 
 UPSTREAM_FAULTS = [
-    # httpx-aiohttp reports a refused connection as ConnectTimeout: the client must read "refused".
+    # A refused connection: the client must read "refused", not a class name.
     UpstreamFault("refused-stream", {}, True, 502, "upstream_error", "none", model="dead", says="connection refused"),
     UpstreamFault("refused-plain", {}, False, 502, "upstream_error", "none", model="dead", says="connection refused"),
     UpstreamFault("first-byte-timeout-stream", {"first_byte_delay": 3}, True, 504, "upstream_timeout", "estimate",

@@ -53,12 +53,12 @@ ROOT = Path(__file__).resolve().parent.parent
 BOTOCORE_SERVICES = ("dynamodb", "secretsmanager")
 
 # In requirements.txt for the local server, never imported on Lambda:
-# * aiohttp and httpx-aiohttp: on Lambda the upstream client is httpx over the lean
+# * aiohttp and yarl: on Lambda the upstream client is httpx over the lean
 #   asyncio + h11 transport (AISIX_UPSTREAM_TRANSPORT defaults to lean there, see
 #   aisix/config.py and aisix/providers/transport.py);
 # * boto3 and s3transfer: the gateway uses botocore's client directly (aisix/store.py,
 #   aisix/secrets.py); boto3 is for the key CLI, which runs on an operator's machine.
-LEFT_OUT = frozenset({"aiohttp", "httpx-aiohttp", "boto3", "s3transfer"})
+LEFT_OUT = frozenset({"aiohttp", "yarl", "boto3", "s3transfer"})
 
 APP_FILES = ("handler.py", "models.yaml")
 APP_PACKAGE = "aisix"

@@ -6,6 +6,7 @@ import errno
 import logging
 import socket
 import ssl
+from typing import Any
 
 import httpx
 
@@ -13,51 +14,58 @@ from ..errors import GatewayError, upstream_error, upstream_timeout
 from .sent import mark_sent
 
 
+class UpstreamClient(httpx.AsyncClient):
+    """An ``httpx.AsyncClient`` whose ``send`` goes straight to its transport.
+
+    An upstream call uses none of what ``AsyncClient.send`` wraps around the
+    transport: auth flows, redirects (an API that redirects a POST is
+    misconfigured), a cookie jar (each answer's cookies parsed through
+    ``http.cookiejar``: ~120 µs a call), event hooks and an INFO log line.
+    Requests are still built by httpx (``build_request``, `Provider.post`) and
+    answers are ``httpx.Response`` objects, so nothing else changes.
+    """
+
+    def __init__(self, transport: httpx.AsyncBaseTransport) -> None:
+        super().__init__(transport=transport, trust_env=False)
+        self._upstream_transport = transport
+
+    async def send(self, request: httpx.Request, *, stream: bool = False, **_: Any) -> httpx.Response:  # type: ignore[override]
+        response = await self._upstream_transport.handle_async_request(request)
+        response.request = request
+        if not stream:
+            try:
+                await response.aread()
+            finally:
+                await response.aclose()
+        return response
+
+
 def make_upstream_client(transport: str = "aiohttp", max_connections: int = 1000) -> httpx.AsyncClient:
     """An ``httpx.AsyncClient`` over the chosen transport; every one reports when a request has left.
 
-    * ``aiohttp`` (local server): httpx's API and errors over aiohttp's pool.
-      httpx's own transport (httpcore + anyio + h11) spends most of a relay's
-      CPU (see README, "Performance").
+    * ``aiohttp`` (local server): `aisix.providers.aiohttp_transport`, httpx's
+      API and errors over aiohttp's pool. httpx's own transport (httpcore +
+      anyio + h11) spends most of a relay's CPU (see README, "Performance").
     * ``lean`` (Lambda): `aisix.providers.transport`, asyncio + h11. One
       instance serves one call at a time, aiohttp's import would cost ~150 ms
       of every cold start, and httpcore ~130 µs per paced chunk.
-    * ``httpx``: httpx's own transport, for comparison.
+    * ``httpx``: httpx's own transport and client, for comparison.
 
     ``max_connections`` caps concurrent upstream calls (aiohttp, httpx); a call
     beyond it waits for a free connection (bounded by its model's time-out).
     """
     # httpx logs every request at INFO: a formatted line per call nobody asked for.
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=20)
     if transport == "lean":
         from .transport import LeanTransport
 
-        return httpx.AsyncClient(transport=LeanTransport(), trust_env=False)
+        return UpstreamClient(LeanTransport())
     if transport == "aiohttp":
-        return httpx.AsyncClient(transport=_aiohttp_transport(limits), trust_env=False)
+        from .aiohttp_transport import AiohttpTransport
+
+        return UpstreamClient(AiohttpTransport(max_connections=max_connections))
+    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=20)
     return httpx.AsyncClient(limits=limits, trust_env=False, event_hooks={"request": [_trace_sent]})
-
-
-def _aiohttp_transport(limits: httpx.Limits) -> httpx.AsyncBaseTransport:
-    """httpx-aiohttp's transport over a session whose trace hook reports the request headers sent."""
-    import aiohttp
-    from httpx_aiohttp import AiohttpTransport
-
-    async def headers_sent(*_: object) -> None:
-        mark_sent()
-
-    trace = aiohttp.TraceConfig()
-    trace.on_request_headers_sent.append(headers_sent)
-    ssl_context = httpx.create_ssl_context(trust_env=False)
-
-    def session() -> aiohttp.ClientSession:  # built on first use, inside the running loop
-        connector = aiohttp.TCPConnector(
-            limit=limits.max_connections or 0, keepalive_timeout=limits.keepalive_expiry, ssl=ssl_context
-        )
-        return aiohttp.ClientSession(connector=connector, trace_configs=[trace])
-
-    return AiohttpTransport(limits=limits, client=session)
 
 
 async def _trace_sent(request: httpx.Request) -> None:
@@ -71,40 +79,19 @@ async def _trace_sent(request: httpx.Request) -> None:
 
 
 def is_timeout(exc: Exception) -> bool:
-    """Whether an upstream failure was a time-out (504) rather than a broken connection (502).
-
-    httpx-aiohttp 0.2 maps every ``aiohttp.ClientConnectionError`` (refused
-    connections and server disconnects included) to ``httpx.ConnectTimeout``;
-    the aiohttp exception it chains tells the truth. httpx's own transport
-    chains httpcore's exceptions, whose class names are right.
-    """
-    if not isinstance(exc, httpx.TimeoutException):
-        return False
-    cause = exc.__cause__
-    if cause is None or not type(cause).__module__.startswith("aiohttp"):
-        return True
-    return isinstance(cause, TimeoutError)
-
-
-# aiohttp's failures to get a connection at all (refused, DNS, TLS, connect or pool time-out),
-# named rather than imported: on Lambda aiohttp is never imported.
-_AIOHTTP_CONNECT_FAILURES = frozenset({"ClientConnectorError", "ConnectionTimeoutError"})
+    """Whether an upstream failure was a time-out (504) rather than a broken connection (502)."""
+    return isinstance(exc, httpx.TimeoutException)
 
 
 def never_sent(exc: Exception) -> bool:
     """Whether a failed upstream call certainly never reached the upstream.
 
-    True for failures to connect (refused, DNS, connect or pool time-out):
+    True for failures to connect (refused, DNS, TLS, connect or pool time-out):
     the upstream never saw the request, so it used nothing and nothing is
     charged. Any later failure (a time-out waiting for the answer, a
     dropped connection) may come after the upstream started working.
     """
-    if isinstance(exc, (httpx.ConnectError, httpx.PoolTimeout)):
-        return True
-    if isinstance(exc, httpx.ConnectTimeout):
-        cause = exc.__cause__
-        return cause is None or any(k.__name__ in _AIOHTTP_CONNECT_FAILURES for k in type(cause).__mro__)
-    return False
+    return isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
@@ -123,8 +110,8 @@ def _chain(exc: BaseException) -> list[BaseException]:
 def describe_failure(exc: BaseException) -> str:
     """What went wrong, in the words a user looks for ("connection refused"), not a class name.
 
-    The class alone misleads: httpx-aiohttp raises ``httpx.ConnectTimeout`` for a
-    refused connection. The OS error at the bottom of the chain tells the truth.
+    The class alone is vague (``ConnectError`` is refused, DNS and TLS alike):
+    the OS error at the bottom of the chain tells which.
     """
     chain = _chain(exc)
     for error in chain:
