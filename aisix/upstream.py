@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import httpx
@@ -56,13 +57,25 @@ async def open_ok(client: httpx.AsyncClient, call: "Call", provider: "Provider",
     raise provider.error(response.status_code, response.headers, body)
 
 
+def body_pieces(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The response body as its pieces arrive.
+
+    Straight from the transport unless the upstream compressed it: httpx's
+    decoding and re-chunking layers only copy an identity body, at a few µs
+    per piece (per event of a stream).
+    """
+    if "content-encoding" in response.headers:
+        return response.aiter_bytes()
+    return response.stream.__aiter__()  # type: ignore[union-attr]
+
+
 async def read_limited(response: httpx.Response, limit: int | None = None) -> bytes:
     """The response body, or `upstream_error` (502) once it passes ``limit`` (default `MAX_ANSWER_BYTES`)."""
     limit = MAX_ANSWER_BYTES if limit is None else limit
     pieces: list[bytes] = []
     size = 0
     try:
-        async for piece in response.aiter_bytes():
+        async for piece in body_pieces(response):
             size += len(piece)
             if size > limit:
                 raise upstream_error(f"The upstream's answer is larger than the gateway relays ({limit} bytes).")

@@ -19,7 +19,7 @@ from ..providers.base import decoded_before
 from ..providers.client import upstream_failure_error
 from ..streaming.relay import Write
 from ..streaming.sse import SSE_HEADERS
-from ..upstream import open_ok, read_answer, read_limited
+from ..upstream import body_pieces, open_ok, read_answer, read_limited
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -61,7 +61,7 @@ class AnthropicMessagesPassthrough:
         call, hooks = self.call, self.pipeline
         reader = AnthropicPassthrough(self.provider.model)
         try:
-            async for raw in self.response.aiter_bytes():
+            async for raw in body_pieces(self.response):
                 try:
                     frames = reader.feed(raw)
                 except GatewayError as error:

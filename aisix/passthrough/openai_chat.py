@@ -21,7 +21,7 @@ from ..providers.base import error_fields, in_stream_error, refusal
 from ..providers.client import upstream_failure_error
 from ..streaming.relay import Write
 from ..streaming.sse import MAX_EVENT_BYTES, SSE_HEADERS, EventTooLarge, SSEDecoder, decode_chunk
-from ..upstream import read_and_close, read_answer, read_limited, send
+from ..upstream import body_pieces, read_and_close, read_answer, read_limited, send
 from ..usage import completion_chars, delta_chars, usage_from_dict
 
 if TYPE_CHECKING:
@@ -87,7 +87,7 @@ class OpenAIChatPassthrough:
         assert self.response is not None
         decoder = SSEDecoder(MAX_EVENT_BYTES)
         try:
-            async for raw in self.response.aiter_bytes():
+            async for raw in body_pieces(self.response):
                 for data in decoder.feed(raw):
                     if await self._event(data, write):
                         return DONE

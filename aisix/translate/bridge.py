@@ -19,7 +19,7 @@ from ..providers.base import decoded_before
 from ..providers.client import upstream_failure_error
 from ..streaming.relay import Write
 from ..streaming.sse import SSE_HEADERS, EventTooLarge
-from ..upstream import open_ok, read_answer, read_limited
+from ..upstream import body_pieces, open_ok, read_answer, read_limited
 from .neutral import TextDelta, UsageReport
 
 if TYPE_CHECKING:
@@ -75,7 +75,7 @@ class TranslatedCall:
         if first:
             await write(first)
         try:
-            async for raw in self.response.aiter_bytes():
+            async for raw in body_pieces(self.response):
                 try:
                     events = decoder.feed(raw)
                 except GatewayError as error:
