@@ -61,22 +61,36 @@ class Provider:
         self.model = model
         self.timeout = httpx.Timeout(model.timeout, connect=min(model.timeout, 10.0))
         self._timeout_extension = self.timeout.as_dict()
-        self._prepared: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[Any, httpx.URL, httpx.Headers]] = {}
+        self._prepared: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[Any, httpx.URL, list[tuple[bytes, bytes]]]] = {}
 
     def post(self, client: httpx.AsyncClient, url: str, content: bytes, headers: Mapping[str, str]) -> httpx.Request:
         """What ``client.build_request("POST", url, content=..., headers=..., timeout=self.timeout)``
-        builds, with the URL parsed and the client's default headers merged with ``headers`` once per
-        provider instead of on every call: that merging and parsing were ~70 µs of each upstream call
-        (bench/RESULTS.md's profile of ``build_request``), the same bytes go out."""
+        builds, byte for byte, for a fraction of its cost.
+
+        The URL is parsed and the client's default headers merged with ``headers`` once per
+        provider, not on every call (~70 µs of each call, bench/RESULTS.md's profile of
+        ``build_request``). The request is then made from a ready header list: httpx's own
+        ``Request(content=...)`` looks each automatic header up again in a fresh ``Headers``
+        (~25 µs a call). Same order as httpx: ``Host``, the headers, ``Content-Length``.
+        """
         key = (url, tuple(headers.items()))
         prepared = self._prepared.get(key)
         if prepared is None or prepared[0] is not client:
             merged = client.headers.copy()
             merged.update(headers)
-            prepared = self._prepared[key] = (client, httpx.URL(url), merged)
-        _, parsed_url, merged_headers = prepared
-        return httpx.Request("POST", parsed_url, content=content, headers=merged_headers,
-                             extensions={"timeout": self._timeout_extension})
+            parsed = httpx.URL(url)
+            prepared = self._prepared[key] = (client, parsed, [(b"Host", parsed.netloc), *merged.raw])
+        _, parsed_url, head = prepared
+        if content:
+            raw = [*head, (b"Content-Length", str(len(content)).encode())]
+        else:  # httpx puts an empty body's length right after Host
+            raw = [head[0], (b"Content-Length", b"0"), *head[1:]]
+        request = httpx.Request(
+            "POST", parsed_url, headers=raw,
+            stream=httpx.ByteStream(content), extensions={"timeout": self._timeout_extension},
+        )
+        request.read()  # ``request.content``, as ``Request(content=...)`` has it
+        return request
 
     # -- chat -----------------------------------------------------------------
 
