@@ -25,9 +25,11 @@ marker) is the `StreamSource`'s business: see `aisix.passthrough` and
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
+import math
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -79,37 +81,57 @@ class StreamRelay:
         self.last_write = 0.0
         self.trailers = False
         self.settled = False
-        self.tasks: anyio.abc.TaskGroup | None = None
+        self._task: asyncio.Task[Any] | None = None
+        self._stopped_by: str | None = None  # "client" or "deadline", once either cut the stream short
+        self._keepalive_timer: asyncio.TimerHandle | None = None
+        self._keepalive_task: asyncio.Task[None] | None = None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """Relay in this task; a watcher task (the client leaving) and timers (the deadline,
+        keep-alives) cut in. Plain asyncio rather than an anyio task group of three tasks:
+        one task per stream instead of three, and less CPU and memory per stream
+        (bench/RESULTS.md)."""
         self.send = send
         extensions = scope.get("extensions") or {}
         # On Lambda, a stream that fails after its first byte is also reported to
         # Lambda, in the error trailers of the streaming protocol (ASGI trailers).
         self.trailers = "http.response.trailers" in extensions and "aws.lambda" in extensions
         self.last_write = time.monotonic()
+        loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()
+        watcher = loop.create_task(self._watch_disconnect(receive))
+        seconds = seconds_left(scope, self.gateway.settings.deadline_margin_seconds)
+        deadline = loop.call_later(seconds, self._stop, "deadline") if seconds != math.inf else None
         try:
-            with anyio.move_on_after(seconds_left(scope, self.gateway.settings.deadline_margin_seconds)) as deadline:
-                async with anyio.create_task_group() as tasks:
-                    self.tasks = tasks
-                    tasks.start_soon(self._watch_disconnect, receive, tasks.cancel_scope)
-                    try:
-                        await self._relay()
-                    except GatewayError as exc:
-                        await self._fail(exc)
-                    except Exception:
-                        log.exception("stream relay for model %s failed", self.call.model_name)
-                        await self._fail(internal_error())
-                    finally:
-                        tasks.cancel_scope.cancel()
-            if deadline.cancelled_caught:
-                await self._fail(
-                    upstream_timeout("The gateway's time limit was reached before the upstream finished.")
-                )
+            try:
+                try:
+                    await self._relay()
+                except GatewayError as exc:
+                    await self._fail(exc)
+                except Exception:
+                    log.exception("stream relay for model %s failed", self.call.model_name)
+                    await self._fail(internal_error())
+            except asyncio.CancelledError:  # also when it lands in _fail's writes
+                if self._stopped_by is None:
+                    raise  # cancelled from outside: not ours to swallow
+                self._task.uncancel()
+            finally:
+                watcher.cancel()
+                if deadline is not None:
+                    deadline.cancel()
+                self._stop_keepalive()
+            if self._stopped_by == "deadline":
+                await self._fail(upstream_timeout("The gateway's time limit was reached before the upstream finished."))
         finally:
             # After the last byte: the client's answer never waits for a DynamoDB write.
             # On Lambda the invocation lasts until the app returns, so this still runs.
             await self._settle()
+
+    def _stop(self, why: str) -> None:
+        """Cut the relay short (the client left, or the deadline came), once."""
+        if self._stopped_by is None and self._task is not None:
+            self._stopped_by = why
+            self._task.cancel()
 
     async def _settle(self) -> None:
         """Charge the call and run post_call hooks, once, whatever cancels the relay around it."""
@@ -127,9 +149,8 @@ class StreamRelay:
             await self._start(200, source.headers)
             # Keep-alive comments only once the status is settled: until the upstream has
             # answered, the client's status may still be the upstream's error (a 429).
-            assert self.tasks is not None
             self.last_write = time.monotonic()
-            self.tasks.start_soon(self._keepalive)
+            self._arm_keepalive()
             closing = await source.pump(self._write)
         finally:
             await source.aclose()
@@ -180,35 +201,60 @@ class StreamRelay:
         frame = getattr(self.source, "error_frame", None)
         await self._end(frame(error) if frame is not None else self.dialect.error_frame(error), error)
 
-    async def _keepalive(self) -> None:
-        """Send SSE comments while the upstream is silent, so idle time-outs on the way don't fire.
+    def _arm_keepalive(self, delay: float | None = None) -> None:
+        """A timer for the next keep-alive comment: due ``keepalive_seconds`` after the last write.
 
-        Not while a frame is being written: a slow reader then holds the relay
-        in its write, and a comment would only queue behind it.
+        A timer, not a task per stream: nothing runs while frames flow. When it
+        fires into a silence it sends the comment from a short-lived task. Not
+        while a frame is being written: a slow reader then holds the relay in
+        its write, and a comment would only queue behind it.
         """
-        interval = self.gateway.settings.keepalive_seconds
-        frame = self.dialect.keepalive
-        while True:
-            await anyio.sleep(max(0.0, self.last_write + interval - time.monotonic()))
-            if self.finished:
-                return
-            if self.sending:
-                await anyio.sleep(interval)
-                continue
-            if time.monotonic() - self.last_write >= interval:
-                self.last_write = time.monotonic()
-                await self.send({"type": "http.response.body", "body": frame, "more_body": True})
+        if delay is None:
+            delay = max(0.0, self.last_write + self.gateway.settings.keepalive_seconds - time.monotonic())
+        self._keepalive_timer = asyncio.get_running_loop().call_later(delay, self._keepalive_due)
 
-    async def _watch_disconnect(self, receive: Any, scope: anyio.CancelScope) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                if not self.finished:
-                    self.call.client_disconnected = True
-                    self.call.status = 499
-                    self.finished = True
-                scope.cancel()
-                return
+    def _keepalive_due(self) -> None:
+        self._keepalive_timer = None
+        if self.finished:
+            return
+        interval = self.gateway.settings.keepalive_seconds
+        if self.sending:
+            self._arm_keepalive(interval)
+        elif time.monotonic() - self.last_write < interval:
+            self._arm_keepalive()
+        else:
+            self.last_write = time.monotonic()
+            self._keepalive_task = asyncio.get_running_loop().create_task(self._send_keepalive())
+
+    async def _send_keepalive(self) -> None:
+        try:
+            await self.send({"type": "http.response.body", "body": self.dialect.keepalive, "more_body": True})
+        except Exception:  # the client is gone: the watcher or the next frame's write says so
+            return
+        finally:
+            self._keepalive_task = None
+        if not self.finished:
+            self._arm_keepalive()
+
+    def _stop_keepalive(self) -> None:
+        if self._keepalive_timer is not None:
+            self._keepalive_timer.cancel()
+            self._keepalive_timer = None
+        if self._keepalive_task is not None:
+            self._keepalive_task.cancel()
+            self._keepalive_task = None
+
+    async def _watch_disconnect(self, receive: Any) -> None:
+        try:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+        except Exception:  # a channel that fails can tell us nothing more: the client is as good as gone
+            pass
+        if not self.finished:
+            self.call.client_disconnected = True
+            self.call.status = 499
+            self.finished = True
+        self._stop("client")
 
 
 # Lambda records an error type only if it matches ``(Runtime|Function).[A-Z][a-zA-Z]+``;
