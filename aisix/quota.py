@@ -9,8 +9,13 @@ counted in the table before it is used, so the sum over all instances never
 exceeds the limit.
 
 * A lease starts at one request and doubles while it runs out within a
-  second (a busy key), halving otherwise; it never takes more than a quarter
-  of what the window has left, so instances don't starve each other.
+  second (a busy key), halving otherwise: a busy instance settles near a
+  lease per second. It never takes more than a quarter of what the window
+  has left, so instances don't starve each other, nor more than 1% of the
+  key's RPM (at least ``MAX_LEASE``), which bounds what an instance that
+  dies takes with it. (A flat cap of 64 cost a high-RPM key a DynamoDB
+  write per 64 requests: ~0.15 ms of CPU per request and 2x the p99 after
+  a burst, bench/RESULTS.md.)
 * Tokens are charged after each call into a per-key tally that is written in
   one UpdateItem per key per ``flush_seconds`` (``0``: at once). The write
   returns the window's totals, which is how an instance learns what the
@@ -47,7 +52,8 @@ from .store import WINDOW_SECONDS, AsyncStore, KeyRecord, RateLimited, StoreUnav
 
 log = logging.getLogger("aisix.quota")
 
-MAX_LEASE = 64
+MAX_LEASE = 64  # the cap for keys without an RPM limit, and the least cap for those with one
+LEASE_SHARE = 100  # a lease is at most 1/LEASE_SHARE of the key's RPM
 CHARGE_ATTEMPTS = 3
 
 
@@ -151,7 +157,8 @@ class Quota:
 
     async def _lease(self, key: KeyRecord, state: _KeyState, window: int) -> None:
         now = time.monotonic()
-        state.size = min(state.size * 2, MAX_LEASE) if now - state.leased_at < 1.0 else max(1, state.size // 2)
+        cap = MAX_LEASE if key.rpm is None else max(MAX_LEASE, key.rpm // LEASE_SHARE)
+        state.size = min(state.size * 2, cap) if now - state.leased_at < 1.0 else max(1, state.size // 2)
         size = state.size
         if key.rpm is not None:
             size = max(1, min(size, (key.rpm - state.requests) // 4))

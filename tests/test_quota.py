@@ -51,6 +51,27 @@ def test_a_busy_key_is_served_from_leases_not_a_round_trip_per_request(store, cl
     assert store.read_window(k.key_id, clock()).requests == 200, "unused leased requests are given back on close"
 
 
+def test_a_high_rpm_key_takes_leases_past_64_and_a_low_rpm_key_does_not(store, clock):
+    """The lease cap is 1% of the key's RPM (at least 64): a key with room for 100,000 requests a
+    minute is not held to a DynamoDB write per 64 requests; one with 1,000 still is."""
+
+    async def takes_for(k, n):
+        counting = CountingStore(store)
+        quota = Quota(counting, clock=clock)
+        for _ in range(n):
+            await quota.admit(k)
+        await quota.close()
+        return counting.takes
+
+    high = asyncio.run(takes_for(key(rpm=100_000, key_id="key_high"), 3000))
+    low = asyncio.run(takes_for(key(rpm=1_000, key_id="key_low"), 600))
+    # Doubling from 1 to the cap of 1,000 is 11 leases; 3,000 requests then need 2 more.
+    assert high <= 14, f"{high} DynamoDB calls for 3,000 requests"
+    # Capped at 64 (and a quarter of what is left near the end): more than 600 / 64 calls.
+    assert low >= 600 // 64, f"{low} DynamoDB calls for 600 requests under a 1,000 RPM limit"
+    assert store.read_window("key_high", clock()).requests == 3000
+
+
 @pytest.fixture(scope="module")
 def atomic_stores(moto_endpoint, atomic_moto_endpoint):
     """Four instances' stores over `atomic_moto_endpoint`, shared by the trials (a botocore
