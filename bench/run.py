@@ -1858,8 +1858,8 @@ def section_bare_notes(ctx: Context) -> None:
         "- **p99 after a cold burst**: 128 new connections at once, then a closed loop at c=64: the tail once "
         "the upstream pool has grown (a pool that scans its idle connections per request shows here).",
         "- **Memory per open stream / streams held at 10 events/s**: see \"Concurrent streams\"; the gateway keeps "
-        "a task group, a disconnect watcher, a keep-alive timer, the call record and the httpx response objects "
-        "per stream.",
+        "one disconnect-watcher task, a keep-alive timer, the call record and the httpx response objects per "
+        "stream.",
         "",
         "Where a ratio misses, the profiles in \"Profile (py-spy)\" (the gateway and the bare relay under the same "
         "loads) show where the difference goes.",
