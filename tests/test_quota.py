@@ -65,8 +65,9 @@ def test_a_high_rpm_key_takes_leases_past_64_and_a_low_rpm_key_does_not(store, c
 
     high = asyncio.run(takes_for(key(rpm=100_000, key_id="key_high"), 3000))
     low = asyncio.run(takes_for(key(rpm=1_000, key_id="key_low"), 600))
-    # Doubling from 1 to the cap of 1,000 is 11 leases; 3,000 requests then need 2 more.
-    assert high <= 14, f"{high} DynamoDB calls for 3,000 requests"
+    # Doubling from 1 to the cap of 1,000 is 11 leases, and 3,000 requests then need 2 more; room is left
+    # for a lease that halves after a stall of the machine. A cap of 64 would need ~50.
+    assert high <= 24, f"{high} DynamoDB calls for 3,000 requests"
     # Capped at 64 (and a quarter of what is left near the end): more than 600 / 64 calls.
     assert low >= 600 // 64, f"{low} DynamoDB calls for 600 requests under a 1,000 RPM limit"
     assert store.read_window("key_high", clock()).requests == 3000
