@@ -57,8 +57,13 @@ class KeyCache:
 
     Unknown keys are remembered too, so a flood of bad keys costs DynamoDB
     one read per key per ``ttl``. A revoked or disabled key is refused within
-    ``ttl`` seconds on every instance. Concurrent misses for one key share a
-    single lookup, so a burst on a cold cache costs one DynamoDB read.
+    ``ttl`` seconds on every instance: a record is never served more than
+    ``ttl`` after it was read. Concurrent misses for one key share a single
+    lookup, so a burst on a cold cache costs one DynamoDB read.
+
+    A key in use is read again in the background once half its time has passed,
+    so a busy key never waits for DynamoDB: when every call waited for the one
+    lookup at expiry, that wait was the p99 of a busy gateway (bench/RESULTS.md).
     """
 
     def __init__(
@@ -72,7 +77,8 @@ class KeyCache:
         self._ttl = ttl
         self.clock = clock  # injectable, so tests move time past ``ttl`` instead of sleeping
         self._max_entries = max_entries
-        self._entries: dict[str, tuple[float, KeyRecord | None]] = {}
+        # key hash -> (served until, read again in the background from, record)
+        self._entries: dict[str, tuple[float, float, KeyRecord | None]] = {}
         self._inflight: dict[str, asyncio.Future[KeyRecord | None]] = {}
 
     async def authenticate(self, secret: str) -> KeyRecord:
@@ -80,7 +86,9 @@ class KeyCache:
         now = self.clock()
         entry = self._entries.get(key_hash)
         if entry is not None and entry[0] > now:
-            record = entry[1]
+            record = entry[2]
+            if now >= entry[1] and key_hash not in self._inflight:
+                self._start_lookup(key_hash)  # ahead of expiry; this call does not wait for it
         else:
             record = await self._resolve(key_hash)
         if record is None or not hmac.compare_digest(record.key_hash, key_hash):
@@ -90,18 +98,26 @@ class KeyCache:
         return record
 
     async def _resolve(self, key_hash: str) -> KeyRecord | None:
-        lookup = self._inflight.get(key_hash)
-        if lookup is None:
-            lookup = self._inflight[key_hash] = asyncio.ensure_future(self._fetch(key_hash))
-            lookup.add_done_callback(lambda _: self._inflight.pop(key_hash, None))
+        lookup = self._inflight.get(key_hash) or self._start_lookup(key_hash)
         # Shielded: one waiter giving up must not cancel the lookup the others share.
         return await asyncio.shield(lookup)
 
+    def _start_lookup(self, key_hash: str) -> "asyncio.Future[KeyRecord | None]":
+        lookup = self._inflight[key_hash] = asyncio.ensure_future(self._fetch(key_hash))
+        lookup.add_done_callback(lambda done: self._lookup_done(key_hash, done))
+        return lookup
+
+    def _lookup_done(self, key_hash: str, lookup: "asyncio.Future[KeyRecord | None]") -> None:
+        self._inflight.pop(key_hash, None)
+        if not lookup.cancelled():
+            lookup.exception()  # a failed read ahead is not remembered; the call at expiry reads again and reports
+
     async def _fetch(self, key_hash: str) -> KeyRecord | None:
+        started = self.clock()  # the record is as old as the read's start
         record = await self._lookup(key_hash)
         if len(self._entries) >= self._max_entries:
             self._entries.clear()
-        self._entries[key_hash] = (self.clock() + self._ttl, record)
+        self._entries[key_hash] = (started + self._ttl, started + self._ttl / 2, record)
         return record
 
     def clear(self) -> None:

@@ -55,6 +55,53 @@ def test_cache_serves_repeat_lookups_and_refuses_unknown_and_revoked_keys(store)
     assert lookups.count(hash_key("sk-aisix-unknown")) == 1, "unknown keys are cached too"
 
 
+def test_a_key_in_use_is_read_again_ahead_of_expiry_without_a_call_waiting_for_it(store):
+    """Past half its cache time a key is read again in the background; the call goes on at once. A record
+    is still never served past its time: if the read ahead has not answered by then, the call waits."""
+    from conftest import FakeClock
+
+    secret, record = issue_key(store, "team")
+    clock = FakeClock()
+    answer = {"gate": None}
+    lookups = []
+
+    async def lookup(key_hash):
+        lookups.append(key_hash)
+        if answer["gate"] is not None:
+            await answer["gate"].wait()
+        return store.get_key(key_hash)
+
+    cache = KeyCache(lookup, ttl=10, clock=clock)
+
+    async def scenario():
+        await cache.authenticate(secret)
+        assert len(lookups) == 1
+        clock.advance(4)
+        await cache.authenticate(secret)
+        assert len(lookups) == 1, "fresh and not yet half-way: no read"
+        answer["gate"] = asyncio.Event()
+        clock.advance(2)  # 6 s: past half-way
+        assert await cache.authenticate(secret) == record, "served at once while the read ahead is out"
+        await asyncio.sleep(0)
+        assert len(lookups) == 2
+        assert await cache.authenticate(secret) == record
+        assert len(lookups) == 2, "one read ahead at a time"
+        clock.advance(4.5)  # 10.5 s: the first read's record has had its time; the read ahead has not answered
+        waiting = asyncio.ensure_future(cache.authenticate(secret))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not waiting.done(), "a record past its time is not served: the call waits for the read"
+        answer["gate"].set()
+        assert await waiting == record
+        assert len(lookups) == 2, "the waiting call joined the read that was out"
+        clock.advance(5)  # 15.5 s: the read of 6 s is good until 16 s and was due again at 11 s
+        await cache.authenticate(secret)
+        await asyncio.sleep(0)
+        assert len(lookups) == 3
+
+    asyncio.run(scenario())
+
+
 def test_concurrent_misses_share_one_lookup(store):
     secret, record = issue_key(store, "team")
     lookups = []
