@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -25,6 +24,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from .call import Call
+from .cutoff import DEADLINE, Cutoff
 from .deadline import seconds_left
 from .errors import GatewayError, bad_request, upstream_timeout
 from .streaming.relay import StreamRelay
@@ -149,50 +149,21 @@ def error_response(dialect: "Dialect", error: GatewayError) -> Response:
 
 
 async def _complete_in_time(call: Call, bridge: Any, receive: Any, seconds: float) -> bytes | None:
-    """The non-streamed upstream call, cut short by whichever comes first: the client
-    leaving (then None: nobody reads an answer) or the deadline (504).
-
-    The call runs in this task. The request body has been read, so the next
-    ``receive`` message is the disconnect (uvicorn, Mangum and the Lambda runtime
-    all block until then): one watcher task waits for it, and a timer stands for
-    the deadline; either cancels this task and says why. Cancelling closes the
-    upstream connection on the way out. Plain asyncio rather than anyio scopes
-    and a second task: the same race for ~60 µs less CPU per request (bench/RESULTS.md).
-    """
-    task = asyncio.current_task()
-    assert task is not None
-    loop = asyncio.get_running_loop()
-    why: list[str] = []
-
-    def stop(reason: str) -> None:
-        if not why:
-            why.append(reason)
-            task.cancel()
-
-    async def watch() -> None:
-        try:
-            while (await receive())["type"] != "http.disconnect":
-                pass
-        except Exception:  # a channel that fails can tell us nothing more: the client is as good as gone
-            pass
-        stop("client left")
-
-    watcher = loop.create_task(watch())
-    timer = loop.call_later(seconds, stop, "deadline") if seconds != math.inf else None
+    """The non-streamed upstream call, cut short by whichever comes first: the client leaving
+    (then None: nobody reads an answer) or the deadline (504). Cancelling closes the upstream
+    connection on the way out."""
+    cutoff = Cutoff(receive, seconds)
     try:
         return await bridge.complete()
     except asyncio.CancelledError:
-        if not why:
+        if not cutoff.caught():
             raise  # cancelled from outside: not ours to swallow
-        task.uncancel()
-        if why[0] == "deadline":
+        if cutoff.why == DEADLINE:
             raise upstream_timeout("The gateway's time limit was reached before the upstream answered.") from None
         call.client_disconnected = True
         return None
     finally:
-        watcher.cancel()
-        if timer is not None:
-            timer.cancel()
+        cutoff.close()
 
 
 async def read_json(request: Request, max_body: int) -> dict[str, Any]:

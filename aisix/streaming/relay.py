@@ -29,7 +29,6 @@ import asyncio
 import base64
 import json
 import logging
-import math
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -37,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 
+from ..cutoff import DEADLINE, Cutoff
 from ..deadline import seconds_left
 from ..errors import GatewayError, internal_error, upstream_timeout
 
@@ -81,27 +81,20 @@ class StreamRelay:
         self.last_write = 0.0
         self.trailers = False
         self.settled = False
-        self._task: asyncio.Task[Any] | None = None
-        self._stopped_by: str | None = None  # "client" or "deadline", once either cut the stream short
         self._keepalive_timer: asyncio.TimerHandle | None = None
         self._keepalive_task: asyncio.Task[None] | None = None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        """Relay in this task; a watcher task (the client leaving) and timers (the deadline,
-        keep-alives) cut in. Plain asyncio rather than an anyio task group of three tasks:
-        one task per stream instead of three, and less CPU and memory per stream
-        (bench/RESULTS.md)."""
+        """Relay in this task; a `Cutoff` (the client leaving, the deadline) and a keep-alive timer
+        cut in: one task per stream, not an anyio group of three (bench/RESULTS.md)."""
         self.send = send
         extensions = scope.get("extensions") or {}
         # On Lambda, a stream that fails after its first byte is also reported to
         # Lambda, in the error trailers of the streaming protocol (ASGI trailers).
         self.trailers = "http.response.trailers" in extensions and "aws.lambda" in extensions
         self.last_write = time.monotonic()
-        loop = asyncio.get_running_loop()
-        self._task = asyncio.current_task()
-        watcher = loop.create_task(self._watch_disconnect(receive))
         seconds = seconds_left(scope, self.gateway.settings.deadline_margin_seconds)
-        deadline = loop.call_later(seconds, self._stop, "deadline") if seconds != math.inf else None
+        cutoff = Cutoff(receive, seconds, on_client_left=self._client_left)
         try:
             try:
                 try:
@@ -112,26 +105,24 @@ class StreamRelay:
                     log.exception("stream relay for model %s failed", self.call.model_name)
                     await self._fail(internal_error())
             except asyncio.CancelledError:  # also when it lands in _fail's writes
-                if self._stopped_by is None:
+                if not cutoff.caught():
                     raise  # cancelled from outside: not ours to swallow
-                self._task.uncancel()
             finally:
-                watcher.cancel()
-                if deadline is not None:
-                    deadline.cancel()
+                cutoff.close()
                 self._stop_keepalive()
-            if self._stopped_by == "deadline":
+            if cutoff.why == DEADLINE:
                 await self._fail(upstream_timeout("The gateway's time limit was reached before the upstream finished."))
         finally:
             # After the last byte: the client's answer never waits for a DynamoDB write.
             # On Lambda the invocation lasts until the app returns, so this still runs.
             await self._settle()
 
-    def _stop(self, why: str) -> None:
-        """Cut the relay short (the client left, or the deadline came), once."""
-        if self._stopped_by is None and self._task is not None:
-            self._stopped_by = why
-            self._task.cancel()
+    def _client_left(self) -> None:
+        """The client is gone: nothing more is written, and the call is recorded as nginx's 499."""
+        if not self.finished:
+            self.call.client_disconnected = True
+            self.call.status = 499
+            self.finished = True
 
     async def _settle(self) -> None:
         """Charge the call and run post_call hooks, once, whatever cancels the relay around it."""
@@ -243,18 +234,6 @@ class StreamRelay:
         if self._keepalive_task is not None:
             self._keepalive_task.cancel()
             self._keepalive_task = None
-
-    async def _watch_disconnect(self, receive: Any) -> None:
-        try:
-            while (await receive())["type"] != "http.disconnect":
-                pass
-        except Exception:  # a channel that fails can tell us nothing more: the client is as good as gone
-            pass
-        if not self.finished:
-            self.call.client_disconnected = True
-            self.call.status = 499
-            self.finished = True
-        self._stop("client")
 
 
 # Lambda records an error type only if it matches ``(Runtime|Function).[A-Z][a-zA-Z]+``;
